@@ -1,0 +1,357 @@
+"""MLflow on the run side: experiments, the parent run, nested trial runs, resume lookups.
+
+Layout (DESIGN.md section 4): experiment = sweep name; one parent run per invocation of
+``gmlp_ablate.run``; one nested child run per trial (tag ``mlflow.parentRunId``), with the
+whole resolved trial config as dotted params and the tags below. All writes go through one
+``MlflowClient`` in the driver (batched with ``log_batch``), so a sweep has one writer per
+store; "database is locked" from a second process on the same sqlite file is retried.
+
+This is the only module on the run side that imports MLflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
+
+from gmlp_ablate.config import Sweep, Trial, flatten, to_dict
+
+# Tags (the analysis side reads the same names from here).
+TAG_ROLE = "gmlp_ablate.role"  # "parent" | "trial"
+TAG_SWEEP = "sweep"
+TAG_KEY = "trial_key"
+TAG_ARM = "arm"
+TAG_SEED = "seed"
+TAG_BASELINE = "baseline"  # "true" | "false"
+TAG_FACTORS = "factors"  # trial: JSON {grid key: value}; parent: JSON [grid keys]
+TAG_BASELINES = "baselines"  # parent: JSON [baseline arm names]
+TAG_METRIC = "metric"  # parent: the sweep's metric name
+TAG_METRIC_MODE = "metric_mode"  # parent: min | max
+TAG_ERROR = "error"  # failed trial: the error message (one line, truncated)
+TAG_FAILURE = "failure"  # failed trial: exception | nonfinite | worker_died | driver_lost
+TAG_NONFINITE_STEP = "nonfinite_step"
+TAG_COMMIT = "git_commit"
+TAG_DEVICE = "device"
+TAG_HOST = "gmlp_ablate.driver_host"
+TAG_PID = "gmlp_ablate.driver_pid"
+TAG_PID_START = "gmlp_ablate.driver_start"
+TAG_HEARTBEAT = "gmlp_ablate.heartbeat"
+PARENT, TRIAL = "parent", "trial"
+
+HEARTBEAT_STALE_S = 600.0
+"""A RUNNING parent whose heartbeat is older than this is considered dead (any host)."""
+
+_T = TypeVar("_T")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable server, bad URI, unwritable path)."""
+
+
+def default_tracking_uri(cwd: Optional[str] = None) -> str:
+    """``sqlite:///<absolute cwd>/mlflow.db``."""
+    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def normalize_uri(uri: Optional[str]) -> str:
+    """Make a sqlite URI absolute (trial processes and servers run in other directories)."""
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///"):]
+        return f"sqlite:///{Path(rel).resolve()}"
+    return uri
+
+
+def _retry_locked(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Retry a store call while another process holds the sqlite write lock."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        delay = 0.05
+        deadline = time.monotonic() + 120.0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # MlflowException wraps sqlalchemy OperationalError
+                if "locked" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    return wrapper
+
+
+def git_commit() -> str:
+    """The commit of the installed source tree (``-dirty`` if modified), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _process_start(pid: int) -> Optional[float]:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """All MLflow writes and run-side lookups of a sweep driver."""
+
+    def __init__(self, tracking_uri: Optional[str] = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = normalize_uri(tracking_uri)
+        if self.uri.startswith("http"):
+            # Fail fast on an unreachable server instead of retrying for minutes.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as e:
+            raise TrackingError(f"tracking URI {self.uri!r} is not usable: {_one_line(e)}") from None
+
+    # ----------------------------------------------------------------- checks
+    def check(self) -> None:
+        """Raise TrackingError unless the store answers (creates nothing on a server)."""
+        if self.uri.startswith("sqlite:///"):
+            path = Path(self.uri[len("sqlite:///"):])
+            if not path.parent.is_dir():
+                raise TrackingError(f"tracking URI {self.uri!r}: folder {path.parent} does not exist")
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as e:
+            raise TrackingError(f"tracking URI {self.uri!r} is not reachable: {_one_line(e)}") from None
+
+    # ------------------------------------------------------------- experiments
+    @_retry_locked
+    def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
+        """The id of experiment ``name``; created if missing (safe against a creation race)."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise TrackingError(f"experiment '{name}' is deleted in {self.uri}; restore it "
+                                    f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or rename the sweep")
+            return exp.experiment_id
+        if not create:
+            return None
+        try:
+            return self.client.create_experiment(name)
+        except Exception:
+            exp = self.client.get_experiment_by_name(name)  # another driver created it first
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    # ------------------------------------------------------------------ parent
+    @_retry_locked
+    def start_parent(self, experiment_id: str, sweep: Sweep, command: str) -> str:
+        """Create the sweep's parent run for this invocation; returns its run id."""
+        c = sweep.config
+        tags = {
+            TAG_ROLE: PARENT,
+            TAG_SWEEP: c.name,
+            TAG_FACTORS: json.dumps(sweep.factor_keys),
+            TAG_BASELINES: json.dumps(list(c.baselines.keys())),
+            TAG_METRIC: c.metric.name,
+            TAG_METRIC_MODE: c.metric.mode,
+            TAG_COMMIT: git_commit(),
+            TAG_HOST: socket.gethostname(),
+            TAG_PID: str(os.getpid()),
+            TAG_PID_START: str(_process_start(os.getpid()) or ""),
+            TAG_HEARTBEAT: str(time.time()),
+            "mlflow.note.content": c.description or c.name,
+            "command": command[:5000],
+        }
+        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{c.name} sweep")
+        rid = run.info.run_id
+        params = {
+            "sweep.name": c.name,
+            "sweep.seeds": json.dumps(list(c.seeds)),
+            "sweep.grid": json.dumps(c.grid),
+            "sweep.baselines": json.dumps(c.baselines),
+            "sweep.metric": c.metric.name,
+            "sweep.metric_mode": c.metric.mode,
+            "sweep.resources": json.dumps(to_dict(c.resources)),
+            "sweep.trials": str(len(sweep.trials)),
+        }
+        self._log(rid, params=params)
+        return rid
+
+    def heartbeat(self, parent_id: str) -> None:
+        self._log(parent_id, tags={TAG_HEARTBEAT: str(time.time())})
+
+    @_retry_locked
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------------ trials
+    @_retry_locked
+    def start_trial(self, experiment_id: str, parent_id: str, trial: Trial, sweep_name: str,
+                    extra_tags: Optional[Dict[str, str]] = None) -> str:
+        """Create the nested run of one trial, with its config as params; returns the run id."""
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            TAG_ROLE: TRIAL,
+            TAG_SWEEP: sweep_name,
+            TAG_KEY: trial.key,
+            TAG_ARM: trial.arm,
+            TAG_SEED: str(trial.seed),
+            TAG_BASELINE: "true" if trial.baseline else "false",
+            TAG_FACTORS: json.dumps(trial.factors),
+            **(extra_tags or {}),
+        }
+        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{trial.arm} seed={trial.seed}")
+        rid = run.info.run_id
+        params = {k: _param(v) for k, v in flatten(to_dict(trial.config)).items()}
+        self._log(rid, params=params)
+        return rid
+
+    def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
+        """Log many metrics at one step in one call."""
+        from mlflow.entities import Metric
+
+        ts = _now_ms()
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        self._batch(run_id, metrics=batch)
+
+    def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
+        self._log(run_id, params=params)
+
+    def set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
+        self._log(run_id, tags=tags)
+
+    def end_trial(self, run_id: str, status: str = "FINISHED", error: Optional[str] = None,
+                  failure: Optional[str] = None, tags: Optional[Dict[str, Any]] = None) -> None:
+        """Close a trial run; a failed one carries its reason in tags."""
+        extra = dict(tags or {})
+        if error is not None:
+            extra[TAG_ERROR] = _one_line(error)[:4900]
+        if failure is not None:
+            extra[TAG_FAILURE] = failure
+        if extra:
+            self._log(run_id, tags=extra)
+        self.end_run(run_id, status)
+
+    @_retry_locked
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifacts(run_id, local_dir, artifact_path)
+
+    # ----------------------------------------------------------------- lookups
+    @_retry_locked
+    def search(self, experiment_id: str, filter_string: str = "") -> List[Any]:
+        """All runs of an experiment matching a filter (every page)."""
+        out: List[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=filter_string,
+                                           max_results=5000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def finished_keys(self, experiment_id: str) -> Dict[str, str]:
+        """trial_key -> run id of a FINISHED trial run, over every invocation of the sweep."""
+        runs = self.search(experiment_id, f"tags.`{TAG_ROLE}` = '{TRIAL}' and attributes.status = 'FINISHED'")
+        return {r.data.tags[TAG_KEY]: r.info.run_id for r in runs if TAG_KEY in r.data.tags}
+
+    def running_elsewhere(self, experiment_id: str) -> Dict[str, str]:
+        """trial_key -> run id of trials RUNNING under another live driver."""
+        live_parents = {r.info.run_id for r in self._running(experiment_id, PARENT) if not self._is_dead(r)}
+        return {
+            r.data.tags[TAG_KEY]: r.info.run_id
+            for r in self._running(experiment_id, TRIAL)
+            if r.data.tags.get("mlflow.parentRunId") in live_parents and TAG_KEY in r.data.tags
+        }
+
+    def close_stale(self, experiment_id: str) -> List[str]:
+        """Close runs left RUNNING by a driver that died: parents and their trials -> FAILED."""
+        parents = self._running(experiment_id, PARENT)
+        dead = {r.info.run_id for r in parents if self._is_dead(r)}
+        all_parents_running = {r.info.run_id for r in parents}
+        closed: List[str] = []
+        for r in self._running(experiment_id, TRIAL):
+            parent = r.data.tags.get("mlflow.parentRunId")
+            if parent in dead or parent not in all_parents_running:
+                self.end_trial(r.info.run_id, "FAILED", error="the sweep driver stopped before this trial ended",
+                               failure="driver_lost")
+                closed.append(r.info.run_id)
+        for rid in dead:
+            self.set_tags(rid, {TAG_ERROR: "the sweep driver stopped before the sweep ended", TAG_FAILURE: "driver_lost"})
+            self.end_run(rid, "FAILED")
+            closed.append(rid)
+        return closed
+
+    def _running(self, experiment_id: str, role: str) -> List[Any]:
+        return self.search(experiment_id, f"tags.`{TAG_ROLE}` = '{role}' and attributes.status = 'RUNNING'")
+
+    @staticmethod
+    def _is_dead(parent: Any) -> bool:
+        tags = parent.data.tags
+        try:
+            beat = float(tags.get(TAG_HEARTBEAT, "0"))
+        except ValueError:
+            beat = 0.0
+        if time.time() - beat > HEARTBEAT_STALE_S:
+            return True
+        if tags.get(TAG_HOST) != socket.gethostname():
+            return False  # another machine: only the heartbeat can tell
+        try:
+            pid = int(tags.get(TAG_PID, "-1"))
+        except ValueError:
+            return True
+        start = _process_start(pid)
+        if start is None:
+            return True
+        recorded = tags.get(TAG_PID_START, "")
+        return bool(recorded) and abs(float(recorded) - start) > 1.0  # pid reused by another process
+
+    # ---------------------------------------------------------------- writes
+    def _log(self, run_id: str, params: Optional[Dict[str, Any]] = None, tags: Optional[Dict[str, Any]] = None) -> None:
+        from mlflow.entities import Param, RunTag
+
+        p = [Param(k, _param(v)) for k, v in (params or {}).items()]
+        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(p), 1), 100):  # log_batch takes at most 100 params a call
+            self._batch(run_id, params=p[i:i + 100], tags=t if i == 0 else [])
+
+    @_retry_locked
+    def _batch(self, run_id: str, metrics: Iterable[Any] = (), params: Iterable[Any] = (), tags: Iterable[Any] = ()) -> None:
+        metrics, params, tags = list(metrics), list(params), list(tags)
+        if metrics or params or tags:
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags, synchronous=True)
+
+
+def _param(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    return str(v)[:6000]
+
+
+def _one_line(e: Any) -> str:
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines and len(lines[0]) < 8 else lines[0] if lines else type(e).__name__).strip()
