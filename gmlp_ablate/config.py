@@ -151,8 +151,8 @@ class TrainConfig:
     log_every: int = _nonsemantic(25)
     """Report train/loss and throughput every this many steps."""
     checkpoint_every: int = _nonsemantic(0)
-    """Save a resumable checkpoint every this many steps (0 = only when a checkpoint
-    directory is given and at evaluation steps)."""
+    """With a checkpoint directory: also checkpoint at logging steps that are multiples of
+    this (0 = only at evaluations)."""
     device: str = _nonsemantic("auto")
     """``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``."""
     precision: str = "auto"
@@ -242,6 +242,33 @@ def _keys_of(schema: Any, prefix: str = "") -> List[str]:
 
 
 TRIAL_KEYS = tuple(_keys_of(TrialConfig))
+
+
+def field_docs() -> Dict[str, str]:
+    """Dotted key -> the docstring written under the field in this module (for ``--help``)."""
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    per_class: Dict[str, Dict[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            docs: Dict[str, str] = {}
+            body = node.body
+            for a, b in zip(body, body[1:]):
+                if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+                        and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                        and isinstance(b.value.value, str)):
+                    docs[a.target.id] = b.value.value
+            per_class[node.name] = docs
+    out: Dict[str, str] = {}
+    groups = {"task": "TaskConfig", "model": "ModelConfig", "train": "TrainConfig"}
+    for key in TRIAL_KEYS:
+        head, _, rest = key.partition(".")
+        cls = groups.get(head, "TrialConfig")
+        out[key] = per_class.get(cls, {}).get(rest or head, "")
+    return out
 
 
 def did_you_mean(key: str, choices: List[str]) -> str:

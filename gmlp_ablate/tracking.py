@@ -271,10 +271,18 @@ class Tracker:
             if not token:
                 return out
 
-    def finished_keys(self, experiment_id: str) -> Dict[str, str]:
-        """trial_key -> run id of a FINISHED trial run, over every invocation of the sweep."""
+    def finished_runs_by_key(self, experiment_id: str) -> Dict[str, Any]:
+        """trial_key -> the latest FINISHED trial run, over every invocation of the sweep."""
         runs = self.search(experiment_id, f"tags.`{TAG_ROLE}` = '{TRIAL}' and attributes.status = 'FINISHED'")
-        return {r.data.tags[TAG_KEY]: r.info.run_id for r in runs if TAG_KEY in r.data.tags}
+        out: Dict[str, Any] = {}
+        for r in sorted(runs, key=lambda r: r.info.end_time or 0):
+            if TAG_KEY in r.data.tags:
+                out[r.data.tags[TAG_KEY]] = r
+        return out
+
+    def finished_keys(self, experiment_id: str) -> Dict[str, str]:
+        """trial_key -> run id of its latest FINISHED trial run."""
+        return {k: r.info.run_id for k, r in self.finished_runs_by_key(experiment_id).items()}
 
     def running_elsewhere(self, experiment_id: str) -> Dict[str, str]:
         """trial_key -> run id of trials RUNNING under another live driver."""

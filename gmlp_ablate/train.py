@@ -1,0 +1,333 @@
+"""One trial: ``train(cfg, report=callback) -> final metrics``.
+
+AdamW with decoupled weight decay on matrices only, linear warmup + cosine decay, global
+gradient clipping, evaluation on a fixed held-out set every ``eval_every`` steps and at the
+end, bf16 autocast on CUDA, optional ``torch.compile``. Data batches are a pure function of
+(seed, step), so a checkpoint (model, optimizer, step, RNG states) resumes the exact curve.
+
+This module imports neither Ray nor MLflow: progress goes to ``report(metrics, step,
+checkpoint)``. Metric values are floats; ``info.*`` keys carry strings (device, corpus hash).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from gmlp_ablate.config import TrialConfig, semantic_dict, to_dict, trial_key
+from gmlp_ablate.tasks.base import IGNORE_INDEX
+
+Report = Callable[[Dict[str, Any], int, Optional[str]], None]
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; ``step`` is the first step where it did."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+        super().__init__(f"non-finite training loss ({value}) at step {step}")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 autocast on CUDA under ``auto``; none (fp32) elsewhere unless ``bf16`` is asked."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def lr_at(step: int, cfg: TrialConfig) -> float:
+    """Learning rate for optimiser step ``step`` (0-based): linear warmup, then cosine."""
+    t = cfg.train
+    warm = min(t.warmup_steps, t.steps)
+    if step < warm:
+        return t.lr * (step + 1) / warm
+    span = max(t.steps - warm, 1)
+    progress = min((step - warm) / span, 1.0)
+    floor = t.lr * t.min_lr_ratio
+    return floor + (t.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number of correct argmaxes and number of scored targets."""
+    logits = logits.reshape(-1, logits.shape[-1]).float()  # (B*N, V)
+    y = y.reshape(-1)
+    scored = y != IGNORE_INDEX
+    loss_sum = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+    correct = ((logits.argmax(-1) == y) & scored).sum()
+    return loss_sum, correct, scored.sum()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: Any, device: torch.device, amp: Optional[torch.dtype],
+             batch_size: int) -> Dict[str, float]:
+    """Mean loss and accuracy over the task's whole fixed validation set -> task metrics."""
+    was_training = model.training
+    model.eval()
+    x_all, y_all = task.val_set()
+    tot_loss = torch.zeros((), device=device, dtype=torch.float64)
+    tot_correct = torch.zeros((), device=device, dtype=torch.int64)
+    tot_n = torch.zeros((), device=device, dtype=torch.int64)
+    for i in range(0, x_all.shape[0], batch_size):
+        x = x_all[i:i + batch_size].to(device, non_blocking=True)
+        y = y_all[i:i + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            logits = model(x)
+        loss_sum, correct, n = _loss_and_correct(logits, y)
+        tot_loss += loss_sum
+        tot_correct += correct
+        tot_n += n
+    model.train(was_training)
+    n = max(int(tot_n.item()), 1)
+    return task.derived_metrics(float(tot_loss.item()) / n, int(tot_correct.item()) / n)
+
+
+def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_checkpoint(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                    cfg: TrialConfig, device: torch.device, history: Dict[str, Any]) -> None:
+    """Atomically write everything needed to continue the same curve from ``step``."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "rng": _rng_state(device),
+        "trial_key": trial_key(cfg),
+        "history": json.dumps(history),
+    }
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, cfg: TrialConfig) -> Dict[str, Any]:
+    """Load a checkpoint (tensors only: ``weights_only=True``) and check it is this trial's."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("trial_key") != trial_key(cfg):
+        raise ValueError(f"checkpoint {path} belongs to trial {payload.get('trial_key')}, not {trial_key(cfg)}")
+    payload["history"] = json.loads(payload["history"])
+    return payload
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
+          resume_from: Optional[str] = None) -> Dict[str, Any]:
+    """Train one trial and return its final metrics.
+
+    Args:
+        cfg: the resolved, validated trial config.
+        report: called as ``report(metrics, step, checkpoint_path_or_None)`` at step 0 (model
+            size, ``info.*``), every ``log_every`` steps (train metrics) and at every
+            evaluation (val metrics, with the checkpoint path when one was just written).
+        checkpoint_dir: where to write ``checkpoint.pt`` at each evaluation (and every
+            ``checkpoint_every`` steps); None = no checkpoints.
+        resume_from: a checkpoint file (or a folder holding one) to continue from.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (the first such step is in the error).
+    """
+    from gmlp_ablate.models import build_model
+    from gmlp_ablate.tasks import build_task
+
+    t_start = time.perf_counter()
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = pick_device(t.device)
+    amp = autocast_dtype(t.precision, device)
+    emit = report or (lambda metrics, step, checkpoint: None)
+
+    task = build_task(cfg.task, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(cfg.seed)
+    model = build_model(cfg.model, task.shape).to(device)
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
+                            **({"fused": True} if fused else {}))
+    step = 0
+    history: Dict[str, Any] = {"val": {}, "train_time_s": 0.0, "train_tokens": 0}
+    if resume_from:
+        path = os.path.join(resume_from, CHECKPOINT_FILE) if os.path.isdir(resume_from) else resume_from
+        ck = load_checkpoint(path, cfg)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step = int(ck["step"])
+        torch.set_rng_state(ck["rng"]["cpu"])
+        if "cuda" in ck["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
+        history = ck["history"]
+    fwd = torch.compile(model) if t.compile else model
+    tokens_per_step = t.batch_size * task.shape.seq_len
+    eval_bs = max(t.batch_size, 64)
+
+    info = {
+        "info.device": device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
+        "info.precision": str(amp).replace("torch.", "") if amp else "fp32",
+        "info.torch": torch.__version__,
+        "info.threads": str(torch.get_num_threads()),
+        "info.resumed_from_step": str(step),
+        **{f"info.task.{k}": str(v) for k, v in task.info.items()},
+    }
+    size = {"model/params": float(_unwrap(model).num_params()),
+            "model/flops_per_token": float(_unwrap(model).flops_per_token())}
+    emit({**size, **info}, step, None)
+
+    model.train()
+    window_losses: list = []
+    window_t0 = time.perf_counter()
+    window_tokens = 0
+    while step < t.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, y = task.train_batch(step, t.batch_size)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            logits = fwd(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE_INDEX)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        window_losses.append(loss.detach())
+        window_tokens += tokens_per_step
+        step += 1
+
+        is_eval = step % t.eval_every == 0 or step == t.steps
+        if step % t.log_every == 0 or is_eval:
+            losses = torch.stack(window_losses).float().cpu()  # one sync per window
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                first = int(bad[0])
+                raise NonFiniteLossError(step - len(losses) + first + 1, float(losses[first]))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - window_t0
+            history["train_time_s"] += dt
+            history["train_tokens"] += window_tokens
+            metrics: Dict[str, Any] = {
+                "train/loss": float(losses.mean()),
+                "train/lr": lr_at(step - 1, cfg),
+                "perf/tokens_per_s": window_tokens / max(dt, 1e-9),
+            }
+            window_losses, window_tokens = [], 0
+            checkpoint = None
+            if is_eval:
+                history["val"] = evaluate(model, task, device, amp, eval_bs)
+                metrics.update(history["val"])
+            if checkpoint_dir and (is_eval or (t.checkpoint_every and step % t.checkpoint_every == 0)):
+                os.makedirs(checkpoint_dir, exist_ok=True)
+                checkpoint = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
+                save_checkpoint(checkpoint, _unwrap(model), opt, step, cfg, device, history)
+            emit(metrics, step, checkpoint)
+            window_t0 = time.perf_counter()
+
+    final: Dict[str, Any] = dict(history["val"]) if history["val"] else evaluate(model, task, device, amp, eval_bs)
+    final.update(size)
+    final["perf/tokens_per_s_mean"] = history["train_tokens"] / max(history["train_time_s"], 1e-9)
+    final["perf/train_time_s"] = history["train_time_s"]
+    final["time/total_s"] = time.perf_counter() - t_start
+    return final
+
+
+# --------------------------------------------------------------------------------------
+# CLI: python -m gmlp_ablate.train [trial.yaml] [dotted.key=value ...]
+# --------------------------------------------------------------------------------------
+
+
+def _help_keys() -> str:
+    from gmlp_ablate.config import TRIAL_KEYS, TrialConfig, field_docs
+
+    defaults = to_dict(TrialConfig())
+    flat = {}
+    for key in TRIAL_KEYS:
+        v: Any = defaults
+        for part in key.split("."):
+            v = v[part]
+        flat[key] = v
+    docs = field_docs()
+    lines = ["keys (dotted.key=value):"]
+    for key in TRIAL_KEYS:
+        doc = " ".join(docs.get(key, "").split())
+        lines.append(f"  {key}={json.dumps(flat[key])}\n      {doc}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list] = None) -> int:
+    import argparse
+
+    from gmlp_ablate.config import ConfigError, load_trial
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gmlp_ablate.train",
+        description="Train one trial: a trial YAML and/or dotted key=value overrides.",
+        epilog=_help_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="*", help="[trial.yaml] [dotted.key=value ...]")
+    parser.add_argument("--checkpoint-dir", help="write a resumable checkpoint here at each evaluation")
+    parser.add_argument("--resume", help="continue from this checkpoint file or folder")
+    parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    args = parser.parse_args(argv)
+    path = None
+    overrides = list(args.items)
+    if overrides and "=" not in overrides[0]:
+        path = overrides.pop(0)
+    try:
+        cfg = load_trial(path, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"trial {trial_key(cfg)}: {json.dumps(semantic_dict(cfg)['model'])}", flush=True)
+
+    def progress(metrics: Dict[str, Any], step: int, checkpoint: Optional[str]) -> None:
+        shown = {k: v for k, v in metrics.items() if not k.startswith("info.")}
+        parts = [f"{k} {v:.4g}" for k, v in shown.items() if isinstance(v, float)]
+        print(f"step {step:>6}/{cfg.train.steps}  " + "  ".join(parts), flush=True)
+
+    try:
+        final = train(cfg, report=progress, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(final, sort_keys=True))
+    else:
+        print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in final.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
