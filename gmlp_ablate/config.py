@@ -42,8 +42,11 @@ class ConfigError(ValueError):
     """A config is invalid. ``key`` is the dotted key at fault (or None for the whole file)."""
 
     def __init__(self, key: Optional[str], message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"{key}: {message}" if key else message)
+
+    def __reduce__(self):  # picklable across processes (Ray workers)
+        return (type(self), (self.key, self.message))
 
 
 def _nonsemantic(default: Any) -> Any:
@@ -70,7 +73,9 @@ class TaskConfig:
     """charlm/mlm: a text file, or a folder of .txt/.md/.py files. null = a deterministic
     sample of the installed Python standard library's .py sources."""
     corpus_bytes: int = 4_000_000
-    """charlm/mlm: byte budget of the corpus (files are taken in sorted order up to it)."""
+    """charlm/mlm: byte budget of the corpus (folders: files in sorted order up to it; the
+    stdlib default: files in an order fixed by a hash of their path, so the budget samples
+    the whole library rather than its first packages)."""
     val_fraction: float = 0.1
     """charlm/mlm/digits: share held out for validation (charlm/mlm split by file)."""
     val_tokens: int = 131_072
@@ -579,6 +584,7 @@ def apply_sweep_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[st
                 data["grid"] = {}
             data["grid"][axis] = value
         elif head in groups:
+            merge_trial(_nest(key, value))  # check the key and type as the user typed them
             base = data.setdefault("base", {}) or {}
             data["base"] = _deep_merge(base, _nest(key, value))
         elif head in SWEEP_TOP_KEYS:

@@ -39,7 +39,7 @@ def run_trial(config: Dict[str, Any]) -> None:
 
     from gmlp_ablate.train import NonFiniteLossError, train
 
-    cfg = merge_trial(config["trial"])
+    cfg = merge_trial(config["trial"]["config"])
     if not cfg.train.threads:
         cfg.train.threads = max(1, int(config["cpu"]))
     resume = None
@@ -92,11 +92,15 @@ def _metric_items(result: Dict[str, Any]) -> Dict[str, float]:
 def _error_of(trial: Any) -> tuple:
     """(one-line message, failure kind) of a Tune trial that errored."""
     text = ""
-    try:
-        err = trial.get_error()
-        text = str(err) if err is not None else ""
-    except Exception:  # the error file may be unreadable on some storages
-        text = ""
+    try:  # the trial's local error file is written before the callbacks run
+        with open(trial.error_file) as f:
+            text = f.read()
+    except (OSError, TypeError):
+        try:
+            err = trial.get_error()  # the synced copy in the storage path
+            text = str(err) if err is not None else ""
+        except Exception:
+            text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     kind = "exception"
     died = ("ActorDiedError", "RayActorError", "died unexpectedly", "WorkerCrashedError", "SIGKILL",
@@ -111,13 +115,15 @@ def _error_of(trial: Any) -> tuple:
     return (msg or (lines[-1] if lines else "trial failed (no error recorded)")), kind
 
 
-def make_callback(tracker: Any, experiment_id: str, parent_id: str, sweep: Sweep, states: Dict[str, TrialState],
-                  out: Any = sys.stdout) -> Any:
+def make_callback(tracker: Any, experiment_id: str, parent_id: str, sweep: Sweep, states: Dict[str, TrialState]) -> Any:
     """A Tune Callback that mirrors every trial into MLflow and prints live progress."""
     from ray.tune import Callback
 
+    from gmlp_ablate.tracking import TAG_COMMIT, git_commit
+
     metric, mode = sweep.config.metric.name, sweep.config.metric.mode
     total = len(states)
+    run_tags = {TAG_COMMIT: git_commit()}
 
     class MLflowTrials(Callback):
         def __init__(self) -> None:
@@ -136,12 +142,12 @@ def make_callback(tracker: Any, experiment_id: str, parent_id: str, sweep: Sweep
             return f"[{c['FINISHED']}/{total} done, {c['RUNNING']} running, {c['FAILED']} failed]{best}"
 
         def _say(self, text: str) -> None:
-            print(f"{time.strftime('%H:%M:%S')} {text}", file=out, flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
         def on_trial_start(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
             st = self._state(trial)
             if st.run_id is None:  # a retried trial keeps its run
-                st.run_id = tracker.start_trial(experiment_id, parent_id, st.trial, sweep.name)
+                st.run_id = tracker.start_trial(experiment_id, parent_id, st.trial, sweep.name, run_tags)
             st.status = "RUNNING"
 
         def on_trial_result(self, iteration: int, trials: List[Any], trial: Any, result: Dict[str, Any], **info: Any) -> None:
@@ -194,7 +200,7 @@ def make_callback(tracker: Any, experiment_id: str, parent_id: str, sweep: Sweep
             st.error, st.failure = _error_of(trial)
             st.status = "FAILED"
             if st.run_id is None:
-                st.run_id = tracker.start_trial(experiment_id, parent_id, st.trial, sweep.name)
+                st.run_id = tracker.start_trial(experiment_id, parent_id, st.trial, sweep.name, run_tags)
             tracker.end_trial(st.run_id, "FAILED", error=st.error, failure=st.failure)
             self._say(f"{st.trial.arm} seed={st.trial.seed}: FAILED ({st.error})  {self._counts()}")
 
@@ -232,8 +238,9 @@ def _check_address(address: Optional[str]) -> None:
         raise ConfigError("--address", f"no Ray cluster answers at {address} ({e.strerror or e})") from None
 
 
-def print_trial_table(sweep: Sweep, gpu: Optional[float], done: Dict[str, str], out: Any = sys.stdout) -> None:
+def print_trial_table(sweep: Sweep, gpu: Optional[float], done: Dict[str, str], out: Any = None) -> None:
     """The expanded trial table (arm, seed, key, resources, state) and counts."""
+    out = out or sys.stdout
     res = sweep.config.resources
     gpu_txt = "auto" if gpu is None else f"{gpu:g}"
     rows = [(t.arm + (" (baseline)" if t.baseline else ""), str(t.seed), t.key, f"{res.cpu:g}", gpu_txt,
@@ -250,8 +257,9 @@ def print_trial_table(sweep: Sweep, gpu: Optional[float], done: Dict[str, str], 
           f"{n_done} already finished, {len(sweep.trials) - n_done} to run", file=out)
 
 
-def print_summary(tracker: Any, experiment_id: str, sweep: Sweep, out: Any = sys.stdout) -> None:
+def print_summary(tracker: Any, experiment_id: str, sweep: Sweep, out: Any = None) -> None:
     """Per arm: the sweep metric's mean over the seeds with a FINISHED run."""
+    out = out or sys.stdout
     metric = sweep.config.metric.name
     runs = tracker.finished_runs_by_key(experiment_id)
     print(f"\n{'arm':<32} {'n':>3} {metric + ' (mean)':>18}", file=out)
@@ -277,7 +285,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=1, help="retries per failed trial, resumed from its checkpoint")
     p.add_argument("--storage", default=None, help="Ray Tune storage folder (default: ~/ray_results)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -356,8 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _finished_if_store_exists(tracker: Any, sweep: Sweep) -> Dict[str, str]:
     """Finished trial keys, read only when the store already exists (a dry run creates nothing)."""
-    uri = tracker.uri
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    if not tracker.store_exists():
         return {}
     try:
         eid = tracker.experiment_id(sweep.name, create=False)
@@ -381,6 +388,10 @@ def _run_on_ray(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], state
     if address == "local":
         init_kwargs.update(include_dashboard=False, num_cpus=args.num_cpus)
     ray.init(**init_kwargs)
+    # Trial failures are reported by our callback (one line each, and in MLflow); Tune's own
+    # tracebacks and its complaints about the result files we do not write are noise here.
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         gpu = gpu_per_trial(sweep.config.resources, ray.cluster_resources().get("GPU", 0.0))
         cpu = sweep.config.resources.cpu

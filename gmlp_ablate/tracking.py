@@ -119,17 +119,28 @@ class Tracker:
     """All MLflow writes and run-side lookups of a sweep driver."""
 
     def __init__(self, tracking_uri: Optional[str] = None):
-        from mlflow.tracking import MlflowClient
-
         self.uri = normalize_uri(tracking_uri)
-        if self.uri.startswith("http"):
-            # Fail fast on an unreachable server instead of retrying for minutes.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-        except Exception as e:
-            raise TrackingError(f"tracking URI {self.uri!r} is not usable: {_one_line(e)}") from None
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The MlflowClient, made on first use (making one creates a sqlite store's file)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self.uri.startswith("http"):
+                # Fail fast on an unreachable server instead of retrying for minutes.
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            try:
+                self._client = MlflowClient(tracking_uri=self.uri)
+            except Exception as e:
+                raise TrackingError(f"tracking URI {self.uri!r} is not usable: {_one_line(e)}") from None
+        return self._client
+
+    def store_exists(self) -> bool:
+        """False for a sqlite store whose file does not exist yet (servers: True)."""
+        return not self.uri.startswith("sqlite:///") or Path(self.uri[len("sqlite:///"):]).exists()
 
     # ----------------------------------------------------------------- checks
     def check(self) -> None:

@@ -1,0 +1,190 @@
+"""The sweep runner end to end: a real local Ray instance and a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from gmlp_ablate import run
+from gmlp_ablate.config import load_sweep
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "name": "tiny",
+    "description": "two SGU variants and the attention baseline, a few steps",
+    "base": {
+        "task": {"name": "mqar", "num_kv_pairs": 2, "seq_len": 16, "num_val": 64},
+        "model": {"dim": 16, "depth": 1},
+        "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "log_every": 5, "warmup_steps": 2},
+    },
+    "grid": {"model.sgu_split": [True, False]},
+    "seeds": [0, 1],
+    "baselines": {"transformer": {"model": {"arch": "transformer", "heads": 2}}},
+    "metric": {"name": "val/loss", "mode": "min"},
+}
+
+
+def _write(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _runs(uri: str, name: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("gmlp_ablate.role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("gmlp_ablate.role") == "trial"]
+    return client, parents, trials
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """Run the tiny sweep once; the tests below read what it left."""
+    d = tmp_path_factory.mktemp("sweep")
+    path = _write(d / "tiny.yaml", TINY)
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    code = run.main([path, "--tracking-uri", uri, "--storage", str(d / "ray"), "--num-cpus", "2"])
+    return {"dir": d, "path": path, "uri": uri, "code": code}
+
+
+def test_sweep_logs_one_parent_and_all_children(tiny_sweep):
+    assert tiny_sweep["code"] == 0
+    client, parents, trials = _runs(tiny_sweep["uri"], "tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 6 and {r.info.status for r in trials} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    expected = {(t.arm, str(t.seed), t.key) for t in load_sweep(tiny_sweep["path"]).trials}
+    assert {(r.data.tags["arm"], r.data.tags["seed"], r.data.tags["trial_key"]) for r in trials} == expected
+
+
+def test_children_carry_config_tags_and_metrics(tiny_sweep):
+    client, _, trials = _runs(tiny_sweep["uri"], "tiny")
+    r = next(r for r in trials if r.data.tags["arm"] == "sgu_split=false")
+    p = r.data.params
+    assert p["model.sgu_split"] == "false" and p["task.name"] == "mqar" and p["train.steps"] == "20"
+    assert p["model.attn_dim"] == "null" and p["seed"] == r.data.tags["seed"]
+    tags = r.data.tags
+    assert tags["sweep"] == "tiny" and tags["baseline"] == "false" and tags["device"] == "cpu"
+    assert json.loads(tags["factors"]) == {"model.sgu_split": False}
+    assert tags["git_commit"]
+    m = r.data.metrics
+    for key in ("train/loss", "val/loss", "val/acc", "perf/tokens_per_s", "model/params", "model/flops_per_token"):
+        assert key in m, key
+    steps = [h.step for h in client.get_metric_history(r.info.run_id, "train/loss")]
+    assert steps == [5, 10, 15, 20]
+    assert [h.step for h in client.get_metric_history(r.info.run_id, "val/loss")] == [10, 20]
+
+
+def test_rerun_launches_nothing(tiny_sweep, capsys):
+    code = run.main([tiny_sweep["path"], "--tracking-uri", tiny_sweep["uri"], "--storage", str(tiny_sweep["dir"] / "ray")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "skipping 6 trial(s) already FINISHED" in out and "nothing to run" in out
+    _, parents, trials = _runs(tiny_sweep["uri"], "tiny")
+    assert len(parents) == 1 and len(trials) == 6
+
+
+def test_added_seed_runs_only_new_trials(tiny_sweep, capsys):
+    code = run.main([tiny_sweep["path"], "seeds=[0,1,2]", "--tracking-uri", tiny_sweep["uri"],
+                     "--storage", str(tiny_sweep["dir"] / "ray"), "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "skipping 6 trial(s)" in out and "running 3 trial(s)" in out
+    _, parents, trials = _runs(tiny_sweep["uri"], "tiny")
+    assert len(parents) == 2 and len(trials) == 9
+    assert sorted(r.data.tags["seed"] for r in trials).count("2") == 3
+    keys = [r.data.tags["trial_key"] for r in trials]
+    assert len(set(keys)) == 9
+
+
+def test_nonfinite_trial_fails_with_reason_and_others_finish(tmp_path, capsys):
+    data = json.loads(json.dumps(TINY))
+    data["name"] = "diverge"
+    data["seeds"] = [0]
+    data["grid"] = {"train.lr": [1.0e-3, 1.0e30]}
+    data["base"]["train"]["warmup_steps"] = 0
+    path = _write(tmp_path / "diverge.yaml", data)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run.main([path, "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "1 trial(s) failed" in out and "lr=1e+30" in out
+    _, parents, trials = _runs(uri, "diverge")
+    status = {r.data.tags["arm"]: r for r in trials}
+    bad = status["lr=1e+30"]
+    assert bad.info.status == "FAILED" and bad.data.tags["failure"] == "nonfinite"
+    assert "non-finite training loss" in bad.data.tags["error"] and int(bad.data.tags["nonfinite_step"]) >= 1
+    assert status["lr=0.001"].info.status == "FINISHED" and status["transformer"].info.status == "FINISHED"
+    assert parents[0].info.status == "FAILED"
+
+
+def test_trial_that_raises_is_failed_with_its_error(tmp_path, capsys):
+    """A window longer than the corpus's held-out part passes validation (no data is read
+    before launch) and raises when the trial builds its task; the other trial finishes."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to learn from. " * 200)  # 5,000 bytes: 500 held out
+    data = json.loads(json.dumps(TINY))
+    data.update(name="raises", seeds=[0], baselines={})
+    data["base"]["task"] = {"name": "charlm", "corpus": str(corpus), "val_tokens": 4096,
+                            "cache_dir": str(tmp_path / "cache")}
+    data["grid"] = {"task.seq_len": [16, 1024]}
+    path = _write(tmp_path / "raises.yaml", data)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run.main([path, "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--num-cpus", "2", "--retries", "0"])
+    out = capsys.readouterr().out
+    assert code == 1 and "seq_len=1024" in out
+    _, _, trials = _runs(uri, "raises")
+    by_arm = {r.data.tags["arm"]: r for r in trials}
+    bad = by_arm["seq_len=1024"]
+    assert bad.info.status == "FAILED" and bad.data.tags["failure"] == "exception"
+    assert "task.seq_len" in bad.data.tags["error"]
+    assert by_arm["seq_len=16"].info.status == "FINISHED"
+
+
+def test_dry_run_prints_the_trial_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = run.main([str(ROOT / "sweeps" / "sgu_split.yaml"), "--dry-run"])
+    out = capsys.readouterr().out
+    sweep = load_sweep(str(ROOT / "sweeps" / "sgu_split.yaml"))
+    assert code == 0
+    assert f"{len(sweep.trials)} trials" in out and "trial_key" in out
+    for t in sweep.trials:
+        assert t.key in out
+    assert not (tmp_path / "mlflow.db").exists(), "a dry run creates nothing"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["model.dimm=8"], "model.dimm: unknown key (did you mean 'model.dim'?)"),
+        (["model.dim=wide"], "model.dim"),
+        (["model.prob_survival=0"], "model.prob_survival"),
+        (["grid.model.sgu_split=[]"], "grid.model.sgu_split: empty"),
+        (["task.name=charlm", "task.corpus=/no/such/corpus"], "/no/such/corpus"),
+        (["--address", "127.0.0.1:1"], "--address"),
+        (["--tracking-uri", "http://127.0.0.1:1"], "not reachable"),
+        (["--tracking-uri", "sqlite:////no/such/dir/mlflow.db"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_and_creates_nothing(tmp_path, args, needle, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path / "tiny.yaml", TINY)
+    proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.run", path, *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_sweep_file_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.run", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "nope.yaml: no such file" in proc.stderr
