@@ -1,0 +1,181 @@
+"""The trainer: determinism, resume, learning on every task, bad configs, the CLI."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gmlp_ablate.config import ConfigError, load_trial
+from gmlp_ablate.train import NonFiniteLossError, autocast_dtype, load_checkpoint, lr_at, train
+
+TINY = ["model.dim=16", "model.depth=2", "train.batch_size=8", "train.log_every=5", "train.warmup_steps=5"]
+MQAR = ["task.name=mqar", "task.num_kv_pairs=2", "task.seq_len=16", "task.num_val=64"]
+
+
+def _cfg(*extra: str):
+    return load_trial(None, [*TINY, *MQAR, "train.steps=20", "train.eval_every=10", *extra])
+
+
+def _curve(cfg, **kw):
+    rows = []
+    final = train(cfg, report=lambda m, step, ck: rows.append((step, {k: v for k, v in m.items()
+                                                                       if not k.startswith(("info.", "perf/"))})), **kw)
+    return rows, final
+
+
+def test_same_seed_gives_identical_curves():
+    a, fa = _curve(_cfg())
+    b, fb = _curve(_cfg())
+    assert a == b and fa["val/loss"] == fb["val/loss"]
+
+
+def test_different_seed_gives_different_curves():
+    a, _ = _curve(_cfg("seed=0"))
+    b, _ = _curve(_cfg("seed=1"))
+    assert a[1][1]["train/loss"] != b[1][1]["train/loss"]
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    cfg = _cfg("model.prob_survival=0.8")  # stochastic depth: the RNG state must be restored too
+    full, f_full = _curve(cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_eval(m, step, ck):
+        if ck:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, report=stop_after_first_eval, checkpoint_dir=str(tmp_path))
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"), cfg)["step"] == 10
+    rest, f_rest = _curve(cfg, resume_from=str(tmp_path))
+    assert [s for s, _ in rest] == [10, 15, 20]
+    assert rest[1:] == [r for r in full if r[0] > 10]
+    assert f_rest["val/loss"] == f_full["val/loss"] and f_rest["val/acc"] == f_full["val/acc"]
+
+
+def test_checkpoint_of_another_trial_is_refused(tmp_path):
+    def stop(m, step, ck):
+        if ck:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), report=stop, checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="belongs to trial"):
+        train(_cfg("train.lr=0.01"), resume_from=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        ["task.name=charlm", "task.seq_len=32", "task.corpus_bytes=200000", "task.val_tokens=4096"],
+        ["task.name=mlm", "task.seq_len=32", "task.corpus_bytes=200000", "task.val_tokens=4096"],
+        MQAR,
+        ["task.name=digits", "train.batch_size=32", "train.steps=60", "train.lr=1e-2"],
+    ],
+    ids=["charlm", "mlm", "mqar", "digits"],
+)
+@pytest.mark.parametrize("arch", ["gmlp", "transformer"])
+def test_every_task_trains_and_loss_goes_down(task, arch, tmp_path):
+    cfg = load_trial(None, [*TINY, "train.steps=40", "train.eval_every=1000", "train.lr=3e-3", *task,
+                            f"model.arch={arch}", "model.heads=2", f"task.cache_dir={tmp_path}"])
+    rows, final = _curve(cfg)
+    losses = [m["train/loss"] for _, m in rows if "train/loss" in m]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert all(math.isfinite(v) for v in final.values())
+    assert final["model/params"] > 0 and final["perf/tokens_per_s_mean"] > 0
+
+
+def test_metrics_reported_per_task():
+    rows, final = _curve(_cfg())
+    assert rows[0][0] == 0 and "model/params" in rows[0][1] and "model/flops_per_token" in rows[0][1]
+    evals = [step for step, m in rows if "val/loss" in m]
+    assert evals == [10, 20]
+    assert set(final) >= {"val/loss", "val/acc", "perf/tokens_per_s_mean", "model/params"}
+
+
+def test_nonfinite_loss_stops_with_the_step():
+    cfg = _cfg("train.lr=1e30", "train.warmup_steps=0")
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg)
+    assert 1 <= e.value.step <= 5 and not math.isfinite(e.value.value)
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    cfg = _cfg("train.steps=100", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1")
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_bf16_autocast_only_on_cuda_under_auto():
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_bf16_on_cpu_trains():
+    rows, final = _curve(_cfg("train.precision=bf16"))
+    assert math.isfinite(final["val/loss"])
+
+
+def test_weight_decay_groups_exclude_gates_and_norms():
+    from gmlp_ablate.models import build_model
+    from gmlp_ablate.tasks import task_shape
+
+    cfg = _cfg()
+    model = build_model(cfg.model, task_shape(cfg.task))
+    groups = model.param_groups(0.1)
+    decay = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decay}
+    assert names and all(p.ndim >= 2 for n, p in model.named_parameters() if id(p) in decay)
+    assert not any("norm" in n or n.endswith(".bias") for n in names)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("task.name=imagenet", "task.name"),
+        ("task.seq_len=4", "task.seq_len"),  # mqar with 2 pairs needs >= 8
+        ("train.batch_size=0", "train.batch_size"),
+    ],
+)
+def test_bad_trial_configs_fail_before_training(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_trial(None, [*MQAR, override])
+    assert e.value.key == key
+
+
+def test_missing_corpus_fails_naming_the_path(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_trial(None, ["task.name=charlm", f"task.corpus={tmp_path / 'nope.txt'}"])
+    assert e.value.key == "task.corpus" and "nope.txt" in str(e.value)
+
+
+def test_cli_trains_and_prints_final_metrics():
+    proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.train", *TINY, *MQAR, "train.steps=10",
+                           "train.eval_every=10"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "step     10/10" in proc.stdout and "final: val/loss" in proc.stdout
+
+
+def test_cli_help_lists_every_key():
+    from gmlp_ablate.config import TRIAL_KEYS
+
+    proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.train", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    assert all(k in proc.stdout for k in TRIAL_KEYS)
+
+
+def test_cli_bad_key_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.train", "model.dimm=3"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "did you mean 'model.dim'" in proc.stderr and "Traceback" not in proc.stderr
