@@ -1,0 +1,204 @@
+"""Figures of a sweep (PNG, Agg canvas, no pyplot state).
+
+One palette and arm order for every figure: :func:`arm_palette` (grid arms in seaborn's
+colour-blind palette, baseline arms in black / greys, dashed). Each function takes the
+frames of :mod:`analysis.stats` and writes one PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from analysis.labels import direction, metric_label
+from analysis.stats import pareto_front
+from analysis.tables import factor_header, fmt_value
+
+DPI = 150
+BASELINE_GREYS = ("#000000", "#555555", "#888888", "#aaaaaa")
+
+
+def arm_palette(order: Sequence[str], baseline_arms: Sequence[str]) -> Dict[str, str]:
+    """Arm -> colour: grid arms from the colour-blind palette (husl beyond 10 arms), baselines
+    black and greys (drawn dashed / as squares)."""
+    grid = [a for a in order if a not in set(baseline_arms)]
+    # husl is circular: take n of n + 2 hues so the first and last arm differ
+    colours = (sns.color_palette("colorblind", len(grid)) if len(grid) <= 10
+               else sns.color_palette("husl", len(grid) + 2)[:len(grid)])
+    pal = {a: _hex(c) for a, c in zip(grid, colours)}
+    for i, a in enumerate(a for a in order if a in set(baseline_arms)):
+        pal[a] = BASELINE_GREYS[i % len(BASELINE_GREYS)]
+    return pal
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb[:3])
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def _legend_rows(n: int) -> Tuple[int, int]:
+    """(columns, rows) of a legend placed below the axes for ``n`` entries."""
+    ncol = 1 if n <= 4 else 2 if n <= 10 else 3 if n <= 24 else 4
+    return ncol, -(-n // ncol)
+
+
+def _legend_below(fig: Figure, ax, n: int) -> None:
+    """All of ``ax``'s legend entries in columns below the figure's axes (never cut off)."""
+    handles, labels = ax.get_legend_handles_labels()
+    ncol, _ = _legend_rows(n)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize="small", frameon=False)
+
+
+def plot_curves(bands: Dict[str, pd.DataFrame], order: Sequence[str], palette: Dict[str, str],
+                baseline_arms: Sequence[str], path: Path, title: str) -> Path:
+    """Learning curves, one column per metric: the whole run (top) and the second half of
+    training (bottom, zoomed so that the arms' final differences show). Lines: mean over
+    seeds per arm; bands: 95% t-interval over seeds (none where one seed reached the step)."""
+    metrics = list(bands)
+    _, legend_rows = _legend_rows(len(order) + 0)
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = _figure(6.0 * len(metrics), 7.0 + 0.22 * legend_rows)
+        axes = fig.subplots(2, len(metrics), squeeze=False)
+        for col, metric in enumerate(metrics):
+            b = bands[metric]
+            half = float(b["step"].min() + (b["step"].max() - b["step"].min()) / 2)
+            for row, zoom in enumerate((False, True)):
+                ax = axes[row, col]
+                for arm in order:
+                    g = b[b["arm"] == arm].sort_values("step")
+                    if zoom:
+                        g = g[g["step"] >= half]
+                    if g.empty:
+                        continue
+                    base = arm in baseline_arms
+                    ax.plot(g["step"], g["mean"], color=palette[arm], lw=1.6, ls="--" if base else "-",
+                            label=f"{arm} (baseline)" if base else arm)
+                    ok = np.isfinite(g["ci"].to_numpy(dtype=float))
+                    if ok.any():
+                        ax.fill_between(g["step"][ok], (g["mean"] - g["ci"])[ok], (g["mean"] + g["ci"])[ok],
+                                        color=palette[arm], alpha=0.18, lw=0)
+                ax.set_xlabel("step")
+                ax.set_ylabel(metric_label(metric))
+                ax.set_title(f"{metric}: second half of training (zoom)" if zoom else
+                             f"{metric}: mean over seeds, 95% CI band", fontsize="medium")
+        _legend_below(fig, axes[0, 0], len(order))
+        fig.suptitle(f"{title}: learning curves")
+        return _save(fig, path)
+
+
+def plot_final(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, mode: str, palette: Dict[str, str],
+               baseline: Optional[str], path: Path, title: str) -> Path:
+    """Final metric per arm: mean with 95% CI error bars, each seed as a dot, and the
+    baseline's mean as a horizontal dashed line."""
+    order = list(summary.index)
+    longest = max(len(a) for a in order)
+    rotate = longest > 8 or len(order) > 6
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = _figure(max(7.5, 0.55 * len(order) + 2.5), 5.0 + (min(3.0, 0.07 * longest) if rotate else 0.0))
+        ax = fig.subplots()
+        rng = np.random.default_rng(0)
+        for i, arm in enumerate(order):
+            vals = runs.loc[runs["arm"] == arm, metric].to_numpy(dtype=float)
+            ax.scatter(i + rng.uniform(-0.2, 0.2, len(vals)), vals, s=16, color=palette[arm], alpha=0.5, lw=0,
+                       zorder=2)
+            s = summary.loc[arm]
+            err = s["ci"] if np.isfinite(s["ci"]) else 0.0
+            ax.errorbar(i, s["mean"], yerr=err, fmt="s" if arm == baseline else "o", color=palette[arm], ms=8,
+                        capsize=6, lw=2, zorder=3, mec="white")
+        if baseline is not None and baseline in summary.index:
+            ax.axhline(summary.loc[baseline, "mean"], color="#333333", ls="--", lw=1.2,
+                       label=f"{baseline} (baseline) mean", zorder=1)
+            fig.legend(loc="outside lower center", fontsize="small", frameon=False)
+        ax.set_xticks(np.arange(len(order)))
+        ax.set_xticklabels(order, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        for lbl, arm in zip(ax.get_xticklabels(), order):
+            if summary.loc[arm, "best"]:
+                lbl.set_fontweight("bold")
+        ax.set_xlabel("arm (bold: best mean)")
+        ax.set_ylabel(metric_label(metric))
+        ax.set_title(f"final {metric} per arm ({direction(mode)})\nmean ± 95% CI over seeds; dots: single seeds",
+                     fontsize="medium")
+        fig.suptitle(title)
+        return _save(fig, path)
+
+
+def plot_heatmap(summary: pd.DataFrame, arm_info: pd.DataFrame, factors: Sequence[str], metric: str, mode: str,
+                 decimals: int, path: Path, title: str) -> Path:
+    """Two-factor grid: mean metric per cell (rows: first factor, columns: second)."""
+    f1, f2 = factors[:2]
+    grid = arm_info[~arm_info["baseline"]]
+    rows = list(dict.fromkeys(grid[f1].map(fmt_value)))
+    cols = list(dict.fromkeys(grid[f2].map(fmt_value)))
+    mat = pd.DataFrame(np.nan, index=rows, columns=cols)
+    for arm, info in grid.iterrows():
+        mat.loc[fmt_value(info[f1]), fmt_value(info[f2])] = summary.loc[arm, "mean"]
+    with sns.axes_style("white"), sns.plotting_context("notebook"):
+        fig = _figure(max(5.0, 1.3 * len(cols) + 3.0), max(3.5, 0.8 * len(rows) + 2.2))
+        ax = fig.subplots()
+        sns.heatmap(mat, annot=True, fmt=f".{decimals}f", cmap="viridis_r" if mode == "min" else "viridis",
+                    linewidths=0.5, ax=ax,
+                    cbar_kws={"label": f"{metric_label(metric)}\n(mean over seeds; {direction(mode)})"})
+        ax.set_ylabel(factor_header(f1, factors))
+        ax.set_xlabel(factor_header(f2, factors))
+        ax.tick_params(axis="y", rotation=0)
+        ax.set_title(f"{title}: mean {metric} per grid cell", fontsize="medium")
+        return _save(fig, path)
+
+
+def plot_pareto(summary: pd.DataFrame, metric: str, mode: str, palette: Dict[str, str],
+                baseline_arms: Sequence[str], path: Path, title: str) -> Optional[Path]:
+    """Quality vs cost (params, FLOPs/token): arms with 95% CI bars and the Pareto front
+    (arms no other arm beats on both cost and quality; red rings and staircase)."""
+    costs = [(c, lbl) for c, lbl in (("params", "parameters"), ("flops_per_token", "FLOPs per token"))
+             if summary[c].notna().any()]
+    if not costs:
+        return None
+    order = list(summary.index)
+    _, legend_rows = _legend_rows(len(order) + 1)
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = _figure(6.0 * len(costs), 4.6 + 0.22 * legend_rows)
+        axes = fig.subplots(1, len(costs), squeeze=False)[0]
+        for ax, (col, label) in zip(axes, costs):
+            front = pareto_front(summary[col], summary["mean"], mode)
+            for arm, s in summary.iterrows():
+                base = arm in baseline_arms
+                err = s["ci"] if np.isfinite(s["ci"]) else 0.0
+                ax.errorbar(s[col], s["mean"], yerr=err, fmt="s" if base else "o", color=palette[arm], ms=7,
+                            capsize=3, label=f"{arm} (baseline)" if base else arm, zorder=3)
+                if len(order) <= 12:
+                    ax.annotate(arm, (s[col], s["mean"]), xytext=(5, 4), textcoords="offset points", fontsize=7,
+                                color="#333333")
+            pts = summary[front].sort_values(col)
+            ax.scatter(pts[col], pts["mean"], s=170, facecolors="none", edgecolors="#d62728", lw=1.6, zorder=4,
+                       label="Pareto front")
+            if len(pts) > 1:
+                ax.step(pts[col], pts["mean"], where="post", color="#d62728", lw=1.2, alpha=0.8, zorder=2)
+            vals = summary[col].dropna()
+            if len(vals) and vals.min() > 0 and vals.max() / vals.min() > 20:
+                ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.margins(x=0.15 if len(order) <= 12 else 0.05)
+            ax.set_xlabel(label)
+            ax.set_ylabel(metric_label(metric))
+            ax.set_title(f"{metric} vs {label} ({direction(mode)})", fontsize="medium")
+        _legend_below(fig, axes[0], len(order) + 1)
+        fig.suptitle(f"{title}: quality vs cost")
+        return _save(fig, path)

@@ -1,0 +1,356 @@
+"""The analysis path on a real sqlite MLflow store filled by the real tracking code.
+
+Sweep ``sgu_test``: grid ``model.sgu_split`` [true, false] x seeds [0, 1, 2] plus a
+``transformer`` baseline. Invocation 1 finishes every trial except (unsplit, seed 2), which
+FAILS; invocation 2 (a second parent run) re-runs (split, seed 0) with a new value, which
+must replace the first. Sweep ``grid2``: a 2 x 2 grid with one seed (heatmap, n=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from gmlp_ablate.config import MetricConfig, ModelConfig, Sweep, SweepConfig, TaskConfig, TrainConfig, Trial, TrialConfig, trial_key
+from gmlp_ablate.tracking import Tracker
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "sgu_test"
+FINAL = {  # arm -> seed -> final val/loss as logged by invocation 1
+    "sgu_split=true": {0: 1.00, 1: 1.10, 2: 1.05},
+    "sgu_split=false": {0: 1.20, 1: 1.25},  # seed 2 fails
+    "transformer": {0: 1.30, 1: 1.35, 2: 1.40},
+}
+RERUN = ("sgu_split=true", 0, 0.90)  # invocation 2
+EXPECTED = {"sgu_split=true": [0.90, 1.10, 1.05], "sgu_split=false": [1.20, 1.25], "transformer": [1.30, 1.35, 1.40]}
+PARAMS = {"sgu_split=true": 100_000, "sgu_split=false": 120_000, "transformer": 150_000}
+
+
+def _trial(arm: str, seed: int, model: dict, factors: dict, baseline: bool = False) -> Trial:
+    cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=32, depth=2, **model),
+                      train=TrainConfig(steps=3, eval_every=1), seed=seed)
+    return Trial(arm=arm, seed=seed, config=cfg, key=trial_key(cfg), factors=factors, baseline=baseline)
+
+
+def _sgu_sweep() -> Sweep:
+    trials = []
+    for split in (True, False):
+        for seed in (0, 1, 2):
+            trials.append(_trial(f"sgu_split={'true' if split else 'false'}", seed, {"sgu_split": split},
+                                 {"model.sgu_split": split}))
+    for seed in (0, 1, 2):
+        trials.append(_trial("transformer", seed, {"arch": "transformer", "heads": 4}, {}, baseline=True))
+    cfg = SweepConfig(name=NAME, description="Split vs unsplit SGU (test)", grid={"model.sgu_split": [True, False]},
+                      seeds=[0, 1, 2], baselines={"transformer": {"model": {"arch": "transformer", "heads": 4}}},
+                      metric=MetricConfig(name="val/loss", mode="min"))
+    return Sweep(config=cfg, trials=trials)
+
+
+def _log_trial(tr: Tracker, eid: str, pid: str, trial: Trial, final: float, status: str = "FINISHED") -> str:
+    rid = tr.start_trial(eid, pid, trial, NAME if trial.arm in FINAL else "grid2",
+                         extra_tags={"git_commit": "abc123", "device": "cpu"})
+    p = PARAMS.get(trial.arm, 50_000)
+    tr.log_metrics(rid, {"model/params": p, "model/flops_per_token": 6 * p}, 0)
+    for step in range(3):
+        last = step == 2
+        loss = final + (2 - step) * 0.5
+        tr.log_metrics(rid, {"train/loss": loss + 0.05, "val/loss": loss, "val/bpb": loss / np.log(2),
+                             "perf/tokens_per_s": 1000.0 + step}, step)
+        if status == "FAILED" and last:
+            tr.end_trial(rid, "FAILED", error="RuntimeError: loss became nan at step 2", failure="nonfinite")
+            return rid
+    tr.end_trial(rid, "FINISHED")
+    return rid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    cwd = os.getcwd()
+    os.chdir(root)  # artifacts of the sqlite store go to ./mlruns of the creating process
+    try:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        tr = Tracker(uri)
+        sweep = _sgu_sweep()
+        eid = tr.experiment_id(NAME)
+        pid1 = tr.start_parent(eid, sweep, command=f"python -m gmlp_ablate.run sweeps/{NAME}.yaml")
+        for t in sweep.trials:
+            if t.seed in FINAL[t.arm]:
+                _log_trial(tr, eid, pid1, t, FINAL[t.arm][t.seed])
+            else:
+                _log_trial(tr, eid, pid1, t, 9.0, status="FAILED")
+        tr.end_run(pid1)
+        pid2 = tr.start_parent(eid, sweep, command=f"python -m gmlp_ablate.run sweeps/{NAME}.yaml --rerun")
+        arm, seed, value = RERUN
+        rerun_id = _log_trial(tr, eid, pid2, next(t for t in sweep.trials if t.arm == arm and t.seed == seed), value)
+        tr.end_run(pid2)
+
+        # grid2: 2 x 2 grid, one seed, no baseline
+        g_trials = [_trial(f"sgu_split={'true' if s else 'false'},ff_mult={m}", 0, {"sgu_split": s, "ff_mult": m},
+                           {"model.sgu_split": s, "model.ff_mult": m}) for s in (True, False) for m in (2, 4)]
+        g_sweep = Sweep(config=SweepConfig(name="grid2", grid={"model.sgu_split": [True, False], "model.ff_mult": [2, 4]},
+                                           seeds=[0], metric=MetricConfig(name="val/bpb", mode="min")), trials=g_trials)
+        geid = tr.experiment_id("grid2")
+        gpid = tr.start_parent(geid, g_sweep, command="python -m gmlp_ablate.run sweeps/grid2.yaml")
+        for i, t in enumerate(g_trials):
+            _log_trial(tr, geid, gpid, t, 1.0 + 0.1 * i)
+        tr.end_run(gpid)
+        empty = tr.experiment_id("empty_sweep")
+        tr.end_run(tr.start_parent(empty, Sweep(config=SweepConfig(name="empty_sweep", grid={"model.dim": [8]}),
+                                                trials=[]), command="x"))
+    finally:
+        os.chdir(cwd)
+    return {"root": root, "uri": uri, "parents": (pid1, pid2), "rerun_id": rerun_id}
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    from analysis import report
+
+    out = tmp_path_factory.mktemp("report") / NAME
+    cwd = os.getcwd()
+    os.chdir(store["root"])
+    try:
+        rc = report.main([NAME, "--tracking-uri", store["uri"], "--out", str(out)])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def test_load_runs_rows_and_types(store):
+    from analysis import load_runs
+
+    runs = load_runs(NAME, store["uri"])
+    assert len(runs) == 8  # 3 + 2 + 3: the failed trial is not a row, the rerun replaces its key
+    assert runs["trial_key"].is_unique
+    got = {a: sorted(g["val/loss"]) for a, g in runs.groupby("arm")}
+    assert got == {a: sorted(v) for a, v in EXPECTED.items()}
+    assert runs.loc[runs["val/loss"] == 0.90, "run_id"].item() == store["rerun_id"]
+    assert runs.loc[runs["run_id"] == store["rerun_id"], "parent_run_id"].item() == store["parents"][1]
+    assert runs["model.sgu_split"].dtype == bool
+    assert runs["seed"].dtype == np.int64 and runs["model.dim"].dtype == np.int64
+    assert runs["baseline"].dtype == bool and runs.loc[runs["arm"] == "transformer", "baseline"].all()
+    assert runs["train.lr"].dtype == np.float64
+    assert runs["model.attn_dim"].isna().all()  # Optional[int] "null" -> NA
+    assert runs["task.corpus"].isna().all()
+    assert runs["task.name"].eq("charlm").all()
+    assert runs["model/params"].dtype == np.float64
+    assert runs.loc[runs["arm"] == "sgu_split=false", "model/params"].eq(120_000).all()
+    assert set(runs["factors"].map(json.dumps)) == {'{"model.sgu_split": true}', '{"model.sgu_split": false}', "{}"}
+    assert (runs["duration_s"] >= 0).all() and runs["start_time"].notna().all()
+
+
+def test_load_curves_and_meta(store):
+    from analysis import load_meta, load_runs
+
+    runs, curves = load_runs(NAME, store["uri"], curves=["val/loss"])
+    assert set(curves.columns) == {"run_id", "arm", "seed", "metric", "step", "value"}
+    assert len(curves) == 8 * 3
+    one = curves[curves["run_id"] == store["rerun_id"]].sort_values("step")
+    assert one["value"].tolist() == pytest.approx([1.90, 1.40, 0.90])
+    meta = load_meta(NAME, store["uri"])
+    assert meta.parent_run_id == store["parents"][1]
+    assert meta.factors == ["model.sgu_split"] and meta.baselines == ["transformer"]
+    assert (meta.metric, meta.metric_mode) == ("val/loss", "min")
+    assert len(meta.parents) == 2
+
+
+def test_missing_experiment_and_no_finished_runs(store):
+    from analysis import AnalysisError, load_runs
+
+    with pytest.raises(AnalysisError, match="did you mean 'sgu_test'"):
+        load_runs("sgu_tset", store["uri"])
+    with pytest.raises(AnalysisError, match="no FINISHED trial runs"):
+        load_runs("empty_sweep", store["uri"])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_files_exist_and_pngs_are_images(report):
+    from PIL import Image
+
+    for name in ("report.md", "report.html", "summary.csv", "table.tex", "curves.png", "final.png", "pareto.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    for png in report.glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+            assert im.format == "PNG"
+        with Image.open(png) as im:
+            assert im.size[0] >= 600 and im.size[1] >= 400
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table" in page
+    assert not (report / "heatmap.png").exists()  # one factor: no heatmap
+
+
+def test_summary_matches_scipy(report):
+    s = pd.read_csv(report / "summary.csv", index_col="arm")
+    base = np.array(EXPECTED["transformer"])
+    ps = {}
+    for arm, vals in EXPECTED.items():
+        x = np.array(vals)
+        n = len(x)
+        hw = sps.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n)
+        assert s.loc[arm, "n"] == n
+        assert s.loc[arm, "mean"] == pytest.approx(x.mean(), rel=1e-9)
+        assert s.loc[arm, "std"] == pytest.approx(x.std(ddof=1), rel=1e-9)
+        assert s.loc[arm, "ci"] == pytest.approx(hw, rel=1e-9)
+        if arm == "transformer":
+            assert np.isnan(s.loc[arm, "delta"]) and np.isnan(s.loc[arm, "p"])
+            continue
+        va, vb = x.var(ddof=1) / n, base.var(ddof=1) / len(base)
+        df = (va + vb) ** 2 / (va ** 2 / (n - 1) + vb ** 2 / (len(base) - 1))
+        d = x.mean() - base.mean()
+        half = sps.t.ppf(0.975, df) * np.sqrt(va + vb)
+        assert s.loc[arm, "delta"] == pytest.approx(d, rel=1e-9)
+        assert s.loc[arm, "welch_df"] == pytest.approx(df, rel=1e-9)
+        assert s.loc[arm, "delta_lo"] == pytest.approx(d - half, rel=1e-9)
+        assert s.loc[arm, "delta_hi"] == pytest.approx(d + half, rel=1e-9)
+        ps[arm] = sps.ttest_ind(x, base, equal_var=False).pvalue
+        assert s.loc[arm, "p"] == pytest.approx(ps[arm], rel=1e-9)
+    lo, hi = sorted(ps, key=ps.get)
+    assert s.loc[lo, "p_holm"] == pytest.approx(min(1, 2 * ps[lo]), rel=1e-9)
+    assert s.loc[hi, "p_holm"] == pytest.approx(max(min(1, 2 * ps[lo]), ps[hi]), rel=1e-9)
+    assert s.loc["sgu_split=true", "rank"] == 1 and bool(s.loc["sgu_split=true", "best"])
+    assert s.loc["transformer", "params"] == 150_000
+    # the paper's numbers are in their own, labelled columns
+    assert s.loc["sgu_split=true", "paper_value"] == 4.35 and s.loc["sgu_split=false", "paper_value"] == 4.53
+    assert s.loc["transformer", "paper_value"] == 4.37 and bool(s.loc["transformer", "paper_approx"])
+    assert not bool(s.loc["sgu_split=true", "paper_approx"])
+
+
+def test_report_text(report, store):
+    md = (report / "report.md").read_text()
+    assert "# Sweep report: sgu_test" in md and "Split vs unsplit SGU (test)" in md
+    assert "failed trial runs: 1 (1 without a finished rerun)" in md
+    assert "loss became nan" in md and "nonfinite: 1" in md
+    assert "`abc123`" in md
+    assert f"python -m analysis.report sgu_test --tracking-uri {store['uri']}" in md
+    assert "python -m gmlp_ablate.run sweeps/sgu_test.yaml --rerun" in md
+    assert "**sgu_split=true**" in md  # best arm bold
+    assert "1.20 (n=2" not in md and "(n=2)" in md
+    assert "≈4.37" in md and "same ordering?" in md
+    tex = (report / "table.tex").read_text()
+    assert "\\toprule" in tex and "sgu\\_split" in tex and "\\textbf{sgu\\_split=true}" in tex
+    assert "sgu_split" not in tex.replace("sgu\\_split", "")
+
+
+def test_report_logged_to_parent(report, store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store["uri"])
+    names = {Path(f.path).name for f in client.list_artifacts(store["parents"][1], "report")}
+    assert {"report.md", "report.html", "summary.csv", "table.tex", "final.png"} <= names
+
+
+def test_two_factor_grid_heatmap_and_single_seed(store, tmp_path):
+    from analysis import report
+
+    out = tmp_path / "g2"
+    assert report.main(["grid2", "--tracking-uri", store["uri"], "--out", str(out), "--no-log"]) == 0
+    assert (out / "heatmap.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "n=1, no CI" in md and "reference baseline: none" in md
+    s = pd.read_csv(out / "summary.csv", index_col="arm")
+    assert s["ci"].isna().all() and s["p"].isna().all()
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "analysis.report", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_missing_experiment_exits_2(store, tmp_path):
+    res = _cli("sgu_tes", "--tracking-uri", store["uri"], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "experiment 'sgu_tes' does not exist" in lines[0] and "did you mean 'sgu_test'" in lines[0]
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--metric", "val/los"], "unknown metric 'val/los' (--metric): the finished runs log"),
+    (["--baseline", "transfomer"], "unknown baseline 'transfomer'"),
+    (["--baseline", "sgu_split=ture"], "unknown baseline 'sgu_split=ture'"),
+])
+def test_cli_bad_choice_exits_2(store, tmp_path, capsys, args, expect):
+    from analysis import report
+
+    rc = report.main([NAME, "--tracking-uri", store["uri"], "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("analysis.report: error: ") and expect in lines[0], err
+    assert "did you mean" in lines[0]
+    assert "val/loss" in lines[0] if "metric" in expect else "transformer" in lines[0] or "sgu_split=true" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_no_store(tmp_path):
+    res = _cli("anything", cwd=tmp_path)
+    assert res.returncode == 2 and "no MLflow store" in res.stderr and "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------- browser check
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="chromium not installed")
+def test_report_html_renders_in_chromium(report, tmp_path):
+    from PIL import Image
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    shot = tmp_path / "report.png"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
+           f"--screenshot={shot}", "--window-size=1280,2000", (report / "report.html").as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=120)
+    assert shot.is_file()
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2000)
+        colours = im.convert("RGB").resize((64, 100)).getcolors(64 * 100)
+    assert colours is not None and len(colours) > 20  # text, tables and figures, not a blank page
+
+
+def test_curves_through_the_public_api_match_the_sql_path(store, monkeypatch):
+    from analysis import load
+
+    runs, fast = load.load_runs(NAME, store["uri"], curves=["val/loss", "train/loss"])
+    monkeypatch.setattr(load, "_histories_sql", lambda *a: None)
+    _, slow = load.load_runs(NAME, store["uri"], curves=["val/loss", "train/loss"])
+    key = ["run_id", "metric", "step"]
+    pd.testing.assert_frame_equal(fast.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True))
+    assert len(fast) == len(runs) * 3 * 2
+
+
+def test_report_written_but_not_logged_exits_1(store, tmp_path, capsys, monkeypatch):
+    from analysis import AnalysisError, report
+
+    def refuse(*_a, **_k):
+        raise AnalysisError("artifact store refused")
+
+    monkeypatch.setattr(report, "log_report", refuse)
+    out = tmp_path / "r"
+    assert report.main([NAME, "--tracking-uri", store["uri"], "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "not logged" in err and "artifact store refused" in err and str(out) in err
+    assert (out / "report.html").is_file()
