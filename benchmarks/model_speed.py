@@ -1,0 +1,131 @@
+"""Training-step throughput of our gMLP against the reference ``g_mlp_pytorch.gMLP``.
+
+One train step = forward + cross-entropy + backward + AdamW step on a batch of random
+tokens. Both models get the same configuration and the same batches; measurements of the
+two alternate (ours, reference, ours, ...) and the median of the repeats is reported.
+
+    .venv/bin/python benchmarks/model_speed.py [--compile] [--dim 128 --depth 4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gmlp_ablate.config import ModelConfig
+from gmlp_ablate.models import build_model
+from gmlp_ablate.tasks.base import TaskShape
+
+
+def make_step(model: nn.Module, vocab: int, lr: float = 1e-3) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A closure running one training step of ``model`` on (x, y)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_steps(step, batches, n: int, device: torch.device) -> float:
+    """Seconds for ``n`` steps."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(n):
+        step(*batches[i % len(batches)])
+    sync()
+    return time.perf_counter() - t0
+
+
+def bench_row(args, causal: bool, attn_dim: Optional[int], compile_: bool) -> tuple:
+    from g_mlp_pytorch import gMLP
+
+    torch.manual_seed(0)
+    shape = TaskShape(kind="tokens", seq_len=args.seq, causal=causal, vocab_size=args.vocab)
+    cfg = ModelConfig(dim=args.dim, depth=args.depth, ff_mult=args.ff_mult, attn_dim=attn_dim)
+    device = torch.device(args.device)
+    ours = build_model(cfg, shape).to(device).train()
+    ref = gMLP(
+        num_tokens=args.vocab, dim=args.dim, depth=args.depth, seq_len=args.seq,
+        ff_mult=args.ff_mult, attn_dim=attn_dim, causal=causal,
+    ).to(device).train()
+    assert ours.num_params() == sum(p.numel() for p in ref.parameters())
+    if compile_:
+        ours, ref = torch.compile(ours), torch.compile(ref)
+    steps = {"ours": make_step(ours, args.vocab), "ref": make_step(ref, args.vocab)}
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device),
+         torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device))
+        for _ in range(4)
+    ]
+    for name in ("ours", "ref"):
+        time_steps(steps[name], batches, args.warmup, device)
+    times = {"ours": [], "ref": []}
+    for r in range(args.repeats):
+        order = ("ours", "ref") if r % 2 == 0 else ("ref", "ours")
+        for name in order:
+            times[name].append(time_steps(steps[name], batches, args.steps, device))
+    tokens = args.batch * args.seq * args.steps
+    ours_tps = tokens / statistics.median(times["ours"])
+    ref_tps = tokens / statistics.median(times["ref"])
+    # paired: each measurement of ours against the adjacent one of the reference
+    ratio = statistics.median(r / o for o, r in zip(times["ours"], times["ref"]))
+    return ours_tps, ref_tps, ratio
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--ff-mult", type=int, default=4)
+    p.add_argument("--attn-dim", type=int, default=64, help="tiny attention width of the aMLP rows")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and row")
+    p.add_argument("--steps", type=int, default=1, help="steps per timed measurement")
+    p.add_argument("--repeats", type=int, default=21, help="alternating measurements per model")
+    p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    print(
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads; vocab {args.vocab}, dim {args.dim}, "
+        f"depth {args.depth}, seq {args.seq}, batch {args.batch}, ff_mult {args.ff_mult}\n"
+        f"tok/s: median of {args.repeats} alternating measurements of {args.steps} train steps "
+        f"(fwd + bwd + AdamW) after {args.warmup} warm-up steps; ours/ref: median of the "
+        f"paired ratios (each measurement of ours against the adjacent one of the reference)"
+    )
+    modes = [False] + ([True] if args.compile else [])
+    header = f"| {'mode':7} | {'row':24} | {'ours tok/s':>10} | {'ref tok/s':>10} | {'ours/ref':>8} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for compile_ in modes:
+        for causal in (True, False):
+            for attn_dim in (None, args.attn_dim):
+                row = f"{'causal' if causal else 'bidirectional'}, " + (f"attn {attn_dim}" if attn_dim else "no attn")
+                mode = "compile" if compile_ else "eager"
+                try:
+                    ours, ref, ratio = bench_row(args, causal, attn_dim, compile_)
+                except Exception as e:  # torch.compile needs a working C++ toolchain
+                    print(f"| {mode:7} | {row:24} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+                    continue
+                print(f"| {mode:7} | {row:24} | {ours:10.0f} | {ref:10.0f} | {ratio:8.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
