@@ -295,6 +295,20 @@ def test_mqar_queries_follow_a_power_law(corpus_dir, cache_dir):
     assert counts[50:].sum() > 0  # with a long tail
 
 
+def test_mqar_query_order_does_not_follow_the_context_order(corpus_dir, cache_dir):
+    """The i-th query asks for the i-th context key only by chance (1/K), so the answer
+    cannot be read off a fixed position: the model has to recall by content."""
+    K = 4
+    task = build_task(_cfg("mqar", corpus_dir, cache_dir, num_kv_pairs=K, seq_len=64), seed=0)
+    x, y = task.train_batch(0, 2000)
+    same = 0
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        keys = xi[0 : 2 * K : 2]
+        queried = [xi[p] for p, t in enumerate(yi) if t != IGNORE_INDEX]
+        same += sum(q == k for q, k in zip(queried, keys))
+    assert abs(same / (2000 * K) - 1 / K) < 0.03
+
+
 def test_mqar_generation_is_fast(tasks):
     import time
 

@@ -77,13 +77,18 @@ def multiquery_ar(
     u = torch.rand(batch, space, generator=gen).clamp_(1e-12, 1.0 - 1e-7)
     gaps = (logp - torch.log(-torch.log(u))).topk(K, dim=1).indices
     qpos = ctx + 2 * gaps
+    # Which key goes to which query slot is a fresh permutation: top-k returns the gaps
+    # ordered by score (small gaps first), so without it the i-th query would mostly ask for
+    # the i-th key and a fixed positional lookup would answer it without any recall.
+    perm = torch.rand(batch, K, generator=gen).argsort(dim=1)
+    qkeys, qvalues = keys.gather(1, perm), values.gather(1, perm)
     seq = torch.zeros(batch, seq_len + 1, dtype=torch.int64)
     seq[:, 0:ctx:2] = keys
     seq[:, 1:ctx:2] = values
-    seq.scatter_(1, qpos, keys)
-    seq.scatter_(1, qpos + 1, values)
+    seq.scatter_(1, qpos, qkeys)
+    seq.scatter_(1, qpos + 1, qvalues)
     labels = torch.full((batch, seq_len + 1), IGNORE_INDEX, dtype=torch.int64)
-    labels.scatter_(1, qpos + 1, values)
+    labels.scatter_(1, qpos + 1, qvalues)
     return seq[:, :-1].contiguous(), labels[:, 1:].contiguous()
 
 
