@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--only", choices=["charlm", "mqar"], default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--charlm-steps", type=int, default=800)
-    p.add_argument("--mqar-steps", type=int, default=1500)
+    p.add_argument("--mqar-steps", type=int, default=4000)
     p.add_argument("--mqar-pairs", type=int, nargs="+", default=[4, 8])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,9 +57,9 @@ def main() -> None:
                      final["wall_s"]))
     if args.only in (None, "mqar"):
         for pairs in args.mqar_pairs:
-            base = ["task.name=mqar", "task.seq_len=64", f"task.num_kv_pairs={pairs}", "model.dim=64",
-                    "model.depth=2", f"train.steps={args.mqar_steps}", "train.batch_size=64", "train.lr=3e-3",
-                    "train.eval_every=500", "train.weight_decay=0.1"]
+            base = ["task.name=mqar", "task.seq_len=64", f"task.num_kv_pairs={pairs}", "task.vocab_size=32",
+                    "model.dim=64", "model.depth=2", f"train.steps={args.mqar_steps}", "train.batch_size=64",
+                    "train.lr=1e-3", "train.weight_decay=0", "train.min_lr_ratio=0.5", "train.eval_every=500"]
             for name, extra in MQAR_MODELS.items():
                 final = run(base + extra, args.threads)
                 rows.append((f"mqar {pairs} pairs", name, args.mqar_steps, f"val/acc {final['val/acc']:.3f}",
