@@ -4,13 +4,20 @@ Layout (DESIGN.md section 4): experiment = sweep name; one parent run per invoca
 ``gmlp_ablate.run``; one nested child run per trial (tag ``mlflow.parentRunId``), with the
 whole resolved trial config as dotted params and the tags below. All writes go through one
 ``MlflowClient`` in the driver (batched with ``log_batch``), so a sweep has one writer per
-store; "database is locked" from a second process on the same sqlite file is retried.
+store; "database is locked" from a second process on the same sqlite file is retried, and
+the first creation (schema migration) of a sqlite store is serialised across processes by an
+``flock`` on the store's folder (two drivers started at once on a new store both work).
+
+URIs are checked in two stages: :func:`check_uri` (no MLflow import: scheme, sqlite folder,
+a TCP connect to a server) so that bad input fails in a fraction of a second and creates
+nothing, then :meth:`Tracker.check` (a real request).
 
 This is the only module on the run side that imports MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,9 +25,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar
+from urllib.parse import urlsplit
 
-from gmlp_ablate.config import Sweep, Trial, flatten, to_dict
+from gmlp_ablate.config import Sweep, Trial, did_you_mean, flatten, to_dict
 
 # Tags (the analysis side reads the same names from here).
 TAG_ROLE = "gmlp_ablate.role"  # "parent" | "trial"
@@ -34,7 +42,10 @@ TAG_BASELINES = "baselines"  # parent: JSON [baseline arm names]
 TAG_METRIC = "metric"  # parent: the sweep's metric name
 TAG_METRIC_MODE = "metric_mode"  # parent: min | max
 TAG_ERROR = "error"  # failed trial: the error message (one line, truncated)
-TAG_FAILURE = "failure"  # failed trial: exception | nonfinite | worker_died | driver_lost
+TAG_FAILURE = "failure"  # exception | nonfinite | worker_died | driver_lost (FAILED); interrupted | driver_error (KILLED)
+TAG_WORKER = "worker"  # trial: "<node ip>:<pid>" of the process running it (updated on a retry)
+TAG_RESTARTS = "restarts"  # trial: times it was retried from its checkpoint after a failure
+TAG_RESTART_REASON = "restart_reason"  # trial: the error that caused the last retry
 TAG_NONFINITE_STEP = "nonfinite_step"
 TAG_COMMIT = "git_commit"
 TAG_DEVICE = "device"
@@ -57,6 +68,71 @@ class TrackingError(RuntimeError):
 def default_tracking_uri(cwd: Optional[str] = None) -> str:
     """``sqlite:///<absolute cwd>/mlflow.db``."""
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+SERVER_SCHEMES = ("http", "https")
+DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+OTHER_SCHEMES = ("file", "databricks", "databricks-uc", "uc")
+
+
+def check_uri(uri: Optional[str]) -> str:
+    """The normalised URI, or TrackingError with one line naming the problem.
+
+    Cheap and side-effect free (no MLflow import, nothing created): a known scheme, an
+    existing folder for a sqlite file, a TCP connection to an HTTP server.
+    """
+    uri = normalize_uri(uri)
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
+    known = SERVER_SCHEMES + DB_SCHEMES + OTHER_SCHEMES
+    if scheme not in known:
+        raise TrackingError(f"tracking URI {uri!r}: unknown scheme '{parts.scheme}'{did_you_mean(scheme, list(known))} "
+                            f"(expected sqlite:///PATH, http(s)://HOST:PORT of an MLflow server, or "
+                            f"{', '.join(DB_SCHEMES[1:])}://...)")
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:////"):
+            raise TrackingError(f"tracking URI {uri!r}: expected sqlite:///ABSOLUTE/PATH.db")
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_dir():
+            raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, expected a database file")
+        if not path.parent.is_dir():
+            raise TrackingError(f"tracking URI {uri!r}: folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise TrackingError(f"tracking URI {uri!r}: {path if path.exists() else path.parent} is not writable")
+    elif scheme in SERVER_SCHEMES:
+        if not parts.hostname:
+            raise TrackingError(f"tracking URI {uri!r}: no host")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise TrackingError(f"tracking URI {uri!r}: bad port") from None
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=5):
+                pass
+        except OSError as e:
+            raise TrackingError(f"tracking URI {uri!r} is not reachable: no MLflow server answers at "
+                                f"{parts.hostname}:{port} ({e.strerror or e})") from None
+    return uri
+
+
+@contextlib.contextmanager
+def _store_creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a sqlite store across processes (its schema migration races).
+
+    An exclusive ``flock`` on the folder holding the database (no lock file is created);
+    a no-op for other stores. Held only while the client (and so the schema) is created.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    fd = os.open(Path(uri[len("sqlite:///"):]).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def normalize_uri(uri: Optional[str]) -> str:
@@ -128,12 +204,9 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            if self.uri.startswith("http"):
-                # Fail fast on an unreachable server instead of retrying for minutes.
-                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             try:
-                self._client = MlflowClient(tracking_uri=self.uri)
+                with _store_creation_lock(self.uri):
+                    self._client = MlflowClient(tracking_uri=self.uri)
             except Exception as e:
                 raise TrackingError(f"tracking URI {self.uri!r} is not usable: {_one_line(e)}") from None
         return self._client
@@ -144,15 +217,24 @@ class Tracker:
 
     # ----------------------------------------------------------------- checks
     def check(self) -> None:
-        """Raise TrackingError unless the store answers (creates nothing on a server)."""
-        if self.uri.startswith("sqlite:///"):
-            path = Path(self.uri[len("sqlite:///"):])
-            if not path.parent.is_dir():
-                raise TrackingError(f"tracking URI {self.uri!r}: folder {path.parent} does not exist")
+        """Raise TrackingError unless the store answers (creates nothing on a server; creates
+        and migrates a new sqlite file)."""
+        check_uri(self.uri)
+        client = self.client
+        # Fail fast here (a server that answers with errors is not retried for minutes); the
+        # sweep's own writes keep MLflow's retries, so a server restart is only a pause.
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+        saved = {k: os.environ.get(k) for k in quick}
+        os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
         try:
-            self.client.search_experiments(max_results=1)
+            client.search_experiments(max_results=1)
         except Exception as e:
-            raise TrackingError(f"tracking URI {self.uri!r} is not reachable: {_one_line(e)}") from None
+            why = _one_line(e).split(" Response body:")[0]
+            raise TrackingError(f"tracking URI {self.uri!r} does not answer as an MLflow store: {why}") from None
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
 
     # ------------------------------------------------------------- experiments
     @_retry_locked
