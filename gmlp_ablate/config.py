@@ -583,6 +583,8 @@ def apply_sweep_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[st
             if data["grid"] is None:
                 data["grid"] = {}
             data["grid"][axis] = value
+        elif key == "seed":
+            raise ConfigError("seed", f"a sweep runs every arm once per seed: use seeds=[{value}] (or seeds=[0,1,2])")
         elif head in groups:
             merge_trial(_nest(key, value))  # check the key and type as the user typed them
             base = data.setdefault("base", {}) or {}
@@ -625,6 +627,8 @@ def build_sweep(data: Dict[str, Any], overrides: Optional[List[str]] = None, pat
     if not isinstance(data["name"], str):
         raise ConfigError("name", f"must be a string, got {data['name']!r}")
     base_raw = data.get("base") or {}
+    if isinstance(base_raw, dict) and "seed" in base_raw:
+        raise ConfigError("base.seed", "a sweep runs every arm once per seed: list them in `seeds: [...]`")
     grid_raw = data.get("grid")
     baselines_raw = data.get("baselines") or {}
     # The trial-config parts are checked by merge_trial (did-you-mean on the full keys).
@@ -661,6 +665,8 @@ def build_sweep(data: Dict[str, Any], overrides: Optional[List[str]] = None, pat
     for bname, bpart in baselines_raw.items():
         if not isinstance(bpart, dict):
             raise ConfigError(f"baselines.{bname}", f"expected a partial trial config (mapping), got {bpart!r}")
+        if "seed" in bpart:
+            raise ConfigError(f"baselines.{bname}.seed", "baselines run once per sweep seed: list them in `seeds: [...]`")
         _add_arm(trials, arms_seen, str(bname), base_dict, [bpart], {}, seeds, f"baselines.{bname}.", True)
     keys = {}
     for t in trials:

@@ -166,6 +166,14 @@ def test_bad_base_key_is_named_with_prefix():
     assert e.value.key == "base.model.dimm" and "did you mean" in str(e.value)
 
 
+def test_seed_in_a_sweep_points_to_seeds():
+    with pytest.raises(ConfigError, match=r"seeds=\[3\]"):
+        build_sweep(_sweep(), ["seed=3"])
+    with pytest.raises(ConfigError) as e:
+        build_sweep(_sweep(base={"seed": 1}))
+    assert e.value.key == "base.seed"
+
+
 def test_unknown_override_key():
     with pytest.raises(ConfigError) as e:
         build_sweep(_sweep(), ["modle.dim=3"])

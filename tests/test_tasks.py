@@ -309,17 +309,6 @@ def test_mqar_query_order_does_not_follow_the_context_order(corpus_dir, cache_di
     assert abs(same / (2000 * K) - 1 / K) < 0.03
 
 
-def test_mqar_generation_is_fast(tasks):
-    import time
-
-    task = tasks["mqar"]
-    task.train_batch(0, 32)
-    t = time.perf_counter()
-    for step in range(100):
-        task.train_batch(step, 32)
-    assert (time.perf_counter() - t) / 100 < 0.01  # about 0.2-0.3 ms on a laptop core
-
-
 # --------------------------------------------------------------------------------------
 # digits
 # --------------------------------------------------------------------------------------
