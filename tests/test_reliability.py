@@ -109,7 +109,7 @@ def test_driver_sigkill_then_rerun_runs_only_missing_trials(tmp_path, procs):
             return got if _val_steps(got["client"], long_[0]) else None
         return None
 
-    got = wait_for(short_done_long_running, 180, "one trial FINISHED and one RUNNING with a logged evaluation")
+    wait_for(short_done_long_running, 180, "one trial FINISHED and one RUNNING with a logged evaluation")
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=10)
     _no_leftovers(procs)  # Ray's processes share the driver's fate

@@ -17,7 +17,6 @@ from gmlp_ablate.models.layers import (
     SpatialGatingUnit,
     TinyAttention,
     ZooModel,
-    layer_keep_mask,
     make_drop_path,
 )
 from gmlp_ablate.tasks.base import TaskShape
@@ -98,21 +97,8 @@ class GMLP(ZooModel):
             shape: the task's input/output shape; ``shape.causal`` makes the model causal.
         """
         super().__init__()
-        self.cfg = cfg
-        self.shape = shape
-        self.seq_len = shape.seq_len
+        out_dim = self._build_io(cfg, shape)
         causal = shape.causal and shape.kind == "tokens"
-        if shape.kind == "tokens":
-            self.tok_emb = nn.Embedding(shape.vocab_size, cfg.dim)
-            out_dim = shape.vocab_size
-        elif shape.kind == "image":
-            side = shape.image_size // shape.patch_size
-            if shape.image_size % shape.patch_size or side * side != shape.seq_len:
-                raise ValueError(f"image {shape.image_size}px / patch {shape.patch_size}px != {shape.seq_len} patches")
-            self.patch_embed = nn.Linear(shape.channels * shape.patch_size**2, cfg.dim)
-            out_dim = shape.num_classes
-        else:
-            raise ValueError(f"unknown task kind {shape.kind!r}")
         self.blocks = nn.ModuleList(
             GMLPBlock(
                 dim=cfg.dim,
@@ -132,7 +118,6 @@ class GMLP(ZooModel):
         )
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, out_dim)
-        self.layer_drop = cfg.drop_mode == "layer" and cfg.prob_survival < 1.0
         self.init_weights()
 
     def patchify(self, x: Tensor) -> Tensor:
@@ -145,19 +130,11 @@ class GMLP(ZooModel):
     def forward(self, x: Tensor) -> Tensor:
         """Tokens (B, N) -> logits (B, N, vocab); images (B, C, H, W) -> logits (B, classes)."""
         if self.shape.kind == "tokens":
-            if x.shape[1] > self.seq_len:
-                raise ValueError(f"sequence of {x.shape[1]} tokens > seq_len={self.seq_len}")
+            self._check_len(x.shape[1])
             h = self.tok_emb(x.t())  # (N, B, D)
         else:
             h = self.patch_embed(self.patchify(x))  # (n, B, D)
-        if self.layer_drop and self.training:
-            keep = layer_keep_mask(len(self.blocks), self.cfg.prob_survival)
-            for block, k in zip(self.blocks, keep):
-                if k:
-                    h = block(h)
-        else:
-            for block in self.blocks:
-                h = block(h)
+        h = self._run_blocks(h)
         if self.shape.kind == "tokens":
             return self.head(self.ln_f(h.transpose(0, 1)))  # (B, N, V)
         return self.head(self.ln_f(h).mean(dim=0))  # (B, classes)

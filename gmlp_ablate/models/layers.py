@@ -8,11 +8,15 @@ view, with no transposes or copies around it.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from gmlp_ablate.config import ModelConfig
+    from gmlp_ablate.tasks.base import TaskShape
 
 SGU_ACTIVATIONS: Dict[str, Optional[Callable[[Tensor], Tensor]]] = {
     "identity": None,  # None: no call at all
@@ -281,6 +285,38 @@ class ZooModel(nn.Module):
                 nn.init.ones_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+    def _build_io(self, cfg: ModelConfig, shape: TaskShape) -> int:
+        """Create the input embedding (``tok_emb`` or ``patch_embed``) and the layer-drop
+        flag; return the head's output size (vocab or classes)."""
+        self.cfg, self.shape, self.seq_len = cfg, shape, shape.seq_len
+        self.layer_drop = cfg.drop_mode == "layer" and cfg.prob_survival < 1.0
+        if shape.kind == "tokens":
+            self.tok_emb = nn.Embedding(shape.vocab_size, cfg.dim)
+            return shape.vocab_size
+        if shape.kind == "image":
+            side = shape.image_size // shape.patch_size
+            if shape.image_size % shape.patch_size or side * side != shape.seq_len:
+                raise ValueError(f"image {shape.image_size}px / patch {shape.patch_size}px != {shape.seq_len} patches")
+            self.patch_embed = nn.Linear(shape.channels * shape.patch_size**2, cfg.dim)
+            return shape.num_classes
+        raise ValueError(f"unknown task kind {shape.kind!r}")
+
+    def _check_len(self, n: int) -> None:
+        if n > self.seq_len:
+            raise ValueError(f"sequence of {n} tokens > seq_len={self.seq_len}")
+
+    def _run_blocks(self, h: Tensor) -> Tensor:
+        """Apply ``self.blocks``; in training with ``drop_mode=layer``, skip dropped blocks."""
+        if self.layer_drop and self.training:
+            keep = layer_keep_mask(len(self.blocks), self.cfg.prob_survival)
+            for block, k in zip(self.blocks, keep):
+                if k:
+                    h = block(h)
+            return h
+        for block in self.blocks:
+            h = block(h)
+        return h
 
     def num_params(self) -> int:
         """Number of trainable parameters."""

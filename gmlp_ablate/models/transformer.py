@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from gmlp_ablate.config import ModelConfig
 from gmlp_ablate.models.flops import transformer_flops_per_token
-from gmlp_ablate.models.layers import ZooModel, layer_keep_mask, make_drop_path
+from gmlp_ablate.models.layers import ZooModel, make_drop_path
 from gmlp_ablate.tasks.base import TaskShape
 
 
@@ -103,21 +103,8 @@ class Transformer(ZooModel):
             shape: the task's input/output shape; ``shape.causal`` makes the model causal.
         """
         super().__init__()
-        self.cfg = cfg
-        self.shape = shape
-        self.seq_len = shape.seq_len
+        out_dim = self._build_io(cfg, shape)
         causal = shape.causal and shape.kind == "tokens"
-        if shape.kind == "tokens":
-            self.tok_emb = nn.Embedding(shape.vocab_size, cfg.dim)
-            out_dim = shape.vocab_size
-        elif shape.kind == "image":
-            side = shape.image_size // shape.patch_size
-            if shape.image_size % shape.patch_size or side * side != shape.seq_len:
-                raise ValueError(f"image {shape.image_size}px / patch {shape.patch_size}px != {shape.seq_len} patches")
-            self.patch_embed = nn.Linear(shape.channels * shape.patch_size**2, cfg.dim)
-            out_dim = shape.num_classes
-        else:
-            raise ValueError(f"unknown task kind {shape.kind!r}")
         self.pos_emb = nn.Embedding(shape.seq_len, cfg.dim)
         self.blocks = nn.ModuleList(
             TransformerBlock(
@@ -132,7 +119,6 @@ class Transformer(ZooModel):
         )
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, out_dim)
-        self.layer_drop = cfg.drop_mode == "layer" and cfg.prob_survival < 1.0
         self.init_weights()
 
     def patchify(self, x: Tensor) -> Tensor:
@@ -146,21 +132,12 @@ class Transformer(ZooModel):
         """Tokens (B, N) -> logits (B, N, vocab); images (B, C, H, W) -> logits (B, classes)."""
         if self.shape.kind == "tokens":
             n = x.shape[1]
-            if n > self.seq_len:
-                raise ValueError(f"sequence of {n} tokens > seq_len={self.seq_len}")
+            self._check_len(n)
             h = self.tok_emb(x)  # (B, N, D)
         else:
             h = self.patch_embed(self.patchify(x))  # (B, n, D)
             n = h.shape[1]
-        h = h + self.pos_emb(torch.arange(n, device=h.device))
-        if self.layer_drop and self.training:
-            keep = layer_keep_mask(len(self.blocks), self.cfg.prob_survival)
-            for block, k in zip(self.blocks, keep):
-                if k:
-                    h = block(h)
-        else:
-            for block in self.blocks:
-                h = block(h)
+        h = self._run_blocks(h + self.pos_emb(torch.arange(n, device=h.device)))
         h = self.ln_f(h)
         if self.shape.kind == "tokens":
             return self.head(h)  # (B, N, V)
