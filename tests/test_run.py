@@ -188,3 +188,19 @@ def test_missing_sweep_file_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.run", str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "nope.yaml: no such file" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "resources, cluster_gpus, expected",
+    [
+        ({}, 0.0, 0.0),  # auto on a CPU-only machine
+        ({}, 1.0, 0.25),  # auto: 4 trials share each GPU
+        ({"trials_per_gpu": 3}, 2.0, 1 / 3),  # a true fraction, not 1 // 3 == 0
+        ({"gpu": "1"}, 8.0, 1.0),
+        ({"gpu": "0.5"}, 1.0, 0.5),
+    ],
+)
+def test_gpu_per_trial(resources, cluster_gpus, expected):
+    from gmlp_ablate.config import ResourcesConfig
+
+    assert run.gpu_per_trial(ResourcesConfig(**resources), cluster_gpus) == pytest.approx(expected)
