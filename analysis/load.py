@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from gmlp_ablate.config import TrialConfig, did_you_mean
+from gmlp_ablate.config import NONSEMANTIC_KEYS, TRIAL_KEYS, TrialConfig, did_you_mean
 from gmlp_ablate.tracking import (
     PARENT,
     TAG_ARM,
@@ -97,6 +97,8 @@ class SweepData:
     """Long metric histories (run_id, arm, seed, metric, step, value), if asked for."""
     n_running: int = 0
     """Trial runs still RUNNING (not in ``runs``)."""
+    superseded: Optional[pd.DataFrame] = None
+    """Finished runs left out because their arm was later run with another config."""
 
 
 # --------------------------------------------------------------------------------------
@@ -314,8 +316,24 @@ def runs_frame(trial_runs: Sequence[Any]) -> pd.DataFrame:
     # Pool invocations: the latest FINISHED run per trial key (runs without a key stay).
     keyed = df["trial_key"].fillna(df["run_id"])
     df = (df.assign(_key=keyed).sort_values(["start_ms", "run_id"])
-          .drop_duplicates("_key", keep="last").drop(columns=["_key", "start_ms"]))
+          .drop_duplicates("_key", keep="last").drop(columns=["_key"]))
     return df.reset_index(drop=True)
+
+
+def latest_config_per_arm(df: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Split pooled rows into (kept, superseded): per arm, the runs whose config (all but the
+    seed and non-semantic fields) equals that of the arm's latest run are kept; runs of an
+    older config of the same arm (e.g. before ``train.steps=...`` was changed) are left out,
+    so an arm never mixes runs of different configs."""
+    cols = [c for c in TRIAL_KEYS if c in df.columns and c != "seed" and c not in NONSEMANTIC_KEYS]
+    if df.empty or not cols:
+        df = df.drop(columns=["start_ms"], errors="ignore")
+        return df, df.iloc[0:0]
+    sig = pd.Series(["\x1f".join(map(str, row)) for row in df[cols].itertuples(index=False)], index=df.index)
+    latest = df.assign(_sig=sig).sort_values("start_ms").groupby("arm", dropna=False)["_sig"].last()
+    keep = sig.values == df["arm"].map(latest).values
+    clean = df.drop(columns=["start_ms"])
+    return clean[keep].reset_index(drop=True), clean[~keep].reset_index(drop=True)
 
 
 def failures_frame(trial_runs: Sequence[Any], finished_keys: Iterable[str]) -> pd.DataFrame:
@@ -416,7 +434,7 @@ def load_sweep(experiment: str, tracking_uri: Optional[str] = None,
     parents = [r for r in all_runs if r.data.tags.get(TAG_ROLE) == PARENT]
     trials = [r for r in all_runs if r.data.tags.get(TAG_ROLE) == TRIAL]
     meta = parse_meta(experiment, exp.experiment_id, uri, parents)
-    runs = runs_frame(trials)
+    runs, superseded = latest_config_per_arm(runs_frame(trials))
     if runs.empty:
         n_failed = sum(r.info.status == "FAILED" for r in trials)
         extra = f" ({len(trials)} trial runs, {n_failed} FAILED)" if trials else " (no trial runs)"
@@ -426,7 +444,8 @@ def load_sweep(experiment: str, tracking_uri: Optional[str] = None,
     failures = failures_frame(trials, runs["trial_key"].dropna())
     curves = None if curve_metrics is None else _curves(client, meta, runs, curve_metrics)
     n_running = sum(r.info.status == "RUNNING" for r in trials)
-    return SweepData(meta=meta, runs=runs, failures=failures, curves=curves, n_running=n_running)
+    return SweepData(meta=meta, runs=runs, failures=failures, curves=curves, n_running=n_running,
+                     superseded=superseded)
 
 
 def load_runs(experiment: str, tracking_uri: Optional[str] = None, curves: Union[bool, Sequence[str]] = False):

@@ -334,6 +334,8 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, ptable: O
         f"failed trial runs: {len(data.failures)}"
         + (f" ({int((~data.failures['resolved']).sum())} without a finished rerun)" if len(data.failures) else ""),
         *([f"trial runs still RUNNING (not included): {data.n_running}"] if data.n_running else []),
+        *([f"finished runs of an older config of the same arm (not included): {len(data.superseded)}"]
+          if data.superseded is not None and len(data.superseded) else []),
         f"git commit(s): {'; '.join(_commits(data))}",
         f"tracking URI: `{meta.tracking_uri}`, experiment id {meta.experiment_id}, latest parent run `{meta.parent_run_id}`",
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",

@@ -249,6 +249,21 @@ def _keys_of(schema: Any, prefix: str = "") -> List[str]:
 TRIAL_KEYS = tuple(_keys_of(TrialConfig))
 
 
+def _nonsemantic_keys(schema: Any, prefix: str = "") -> List[str]:
+    out = []
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            out += _nonsemantic_keys(type(default), f"{prefix}{f.name}.")
+        elif not f.metadata.get("semantic", True):
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+NONSEMANTIC_KEYS = tuple(_nonsemantic_keys(TrialConfig))
+"""Dotted keys that do not change what a trial computes (device, threads, logging, cache)."""
+
+
 def field_docs() -> Dict[str, str]:
     """Dotted key -> the docstring written under the field in this module (for ``--help``)."""
     import ast

@@ -354,3 +354,34 @@ def test_report_written_but_not_logged_exits_1(store, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert "not logged" in err and "artifact store refused" in err and str(out) in err
     assert (out / "report.html").is_file()
+
+
+def test_an_arm_rerun_with_another_config_replaces_the_old_runs(tmp_path):
+    """Re-running a sweep after changing its base (here train.steps) gives new trial keys for
+    the same arms; the report must not pool the old config's runs into those arms."""
+    from analysis.load import load_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = Tracker(uri)
+    eid = tr.experiment_id("changed")
+
+    def invocation(steps: int, values: dict) -> None:
+        trials = []
+        for seed in values:
+            cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=32, depth=2),
+                              train=TrainConfig(steps=steps, eval_every=1), seed=seed)
+            trials.append(Trial(arm="dim=32", seed=seed, config=cfg, key=trial_key(cfg), factors={"model.dim": 32}))
+        sweep = Sweep(config=SweepConfig(name="changed", grid={"model.dim": [32]}, seeds=list(values)), trials=trials)
+        pid = tr.start_parent(eid, sweep, command="x")
+        for t in trials:
+            rid = tr.start_trial(eid, pid, t, "changed")
+            tr.log_metrics(rid, {"val/loss": values[t.seed]}, steps)
+            tr.end_trial(rid, "FINISHED")
+        tr.end_run(pid)
+
+    invocation(3, {0: 2.0, 1: 2.2})
+    invocation(5, {0: 1.0, 1: 1.2})
+    data = load_sweep("changed", uri)
+    assert sorted(data.runs["val/loss"]) == [1.0, 1.2]
+    assert set(data.runs["train.steps"]) == {5}
+    assert len(data.superseded) == 2 and set(data.superseded["train.steps"]) == {3}
