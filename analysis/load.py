@@ -99,6 +99,8 @@ class SweepData:
     """Trial runs still RUNNING (not in ``runs``)."""
     superseded: Optional[pd.DataFrame] = None
     """Finished runs left out because their arm was later run with another config."""
+    superseded_failures: int = 0
+    """FAILED runs of an older config of their arm (left out of ``failures``)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -320,16 +322,28 @@ def runs_frame(trial_runs: Sequence[Any]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def latest_config_per_arm(df: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]:
+_SIG_KEYS = [k for k in TRIAL_KEYS if k != "seed" and k not in NONSEMANTIC_KEYS]
+
+
+def config_signature(params: Dict[str, Any]) -> str:
+    """A trial's config without its seed and non-semantic fields, as one string: two runs of
+    one arm have the same signature exactly when they ran the same config (seed aside)."""
+    return "\x1f".join(f"{k}={params.get(k)}" for k in _SIG_KEYS)
+
+
+def latest_config_per_arm(df: pd.DataFrame, signatures: Optional[pd.Series] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Split pooled rows into (kept, superseded): per arm, the runs whose config (all but the
     seed and non-semantic fields) equals that of the arm's latest run are kept; runs of an
     older config of the same arm (e.g. before ``train.steps=...`` was changed) are left out,
-    so an arm never mixes runs of different configs."""
-    cols = [c for c in TRIAL_KEYS if c in df.columns and c != "seed" and c not in NONSEMANTIC_KEYS]
-    if df.empty or not cols:
+    so an arm never mixes runs of different configs. ``signatures`` (per row, from
+    :func:`config_signature`) default to one built from the frame's config columns."""
+    if df.empty:
         df = df.drop(columns=["start_ms"], errors="ignore")
         return df, df.iloc[0:0]
-    sig = pd.Series(["\x1f".join(map(str, row)) for row in df[cols].itertuples(index=False)], index=df.index)
+    if signatures is None:
+        cols = [c for c in _SIG_KEYS if c in df.columns]
+        signatures = pd.Series(["\x1f".join(map(str, row)) for row in df[cols].itertuples(index=False)], index=df.index)
+    sig = signatures.reindex(df.index)
     latest = df.assign(_sig=sig).sort_values("start_ms").groupby("arm", dropna=False)["_sig"].last()
     keep = sig.values == df["arm"].map(latest).values
     clean = df.drop(columns=["start_ms"])
@@ -337,7 +351,8 @@ def latest_config_per_arm(df: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]
 
 
 def failures_frame(trial_runs: Sequence[Any], finished_keys: Iterable[str]) -> pd.DataFrame:
-    """One row per FAILED trial run: arm, seed, trial_key, failure, error, resolved, run_id."""
+    """One row per FAILED trial run: arm, seed, trial_key, failure, error, resolved (a FINISHED
+    run of its key exists), run_id, and its config ``signature``."""
     done = set(finished_keys)
     rows = []
     for r in trial_runs:
@@ -349,9 +364,21 @@ def failures_frame(trial_runs: Sequence[Any], finished_keys: Iterable[str]) -> p
             "seed": pd.to_numeric(rec["seed_tag"], errors="coerce"), "trial_key": rec["trial_key"],
             "failure": rec["failure"] or "", "error": rec["error"] or "",
             "resolved": rec["trial_key"] in done, "start_time": rec["start_time"],
+            "signature": config_signature(r.data.params),
         })
-    cols = ["run_id", "parent_run_id", "arm", "seed", "trial_key", "failure", "error", "resolved", "start_time"]
+    cols = ["run_id", "parent_run_id", "arm", "seed", "trial_key", "failure", "error", "resolved", "start_time",
+            "signature"]
     return pd.DataFrame(rows, columns=cols).sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
+
+
+def current_failures(failures: pd.DataFrame, runs: pd.DataFrame) -> Tuple[pd.DataFrame, int]:
+    """Split FAILED runs into those of each arm's current config (returned, without the
+    ``signature`` column) and the number of those of an older config of an arm that has
+    finished runs of a newer one. ``runs`` needs ``arm`` and ``signature`` columns."""
+    current = runs.groupby("arm", dropna=False)["signature"].agg(set)
+    older = [arm in current.index and sig not in current[arm] for arm, sig in zip(failures["arm"], failures["signature"])]
+    older = np.asarray(older, dtype=bool)
+    return failures[~older].drop(columns=["signature"]).reset_index(drop=True), int(older.sum())
 
 
 # --------------------------------------------------------------------------------------
@@ -434,18 +461,23 @@ def load_sweep(experiment: str, tracking_uri: Optional[str] = None,
     parents = [r for r in all_runs if r.data.tags.get(TAG_ROLE) == PARENT]
     trials = [r for r in all_runs if r.data.tags.get(TAG_ROLE) == TRIAL]
     meta = parse_meta(experiment, exp.experiment_id, uri, parents)
-    runs, superseded = latest_config_per_arm(runs_frame(trials))
+    pooled = runs_frame(trials)
+    params = {r.info.run_id: r.data.params for r in trials}
+    sigs = pd.Series([config_signature(params[rid]) for rid in pooled.get("run_id", [])], index=pooled.index, dtype=object)
+    runs, superseded = latest_config_per_arm(pooled, sigs)
     if runs.empty:
         n_failed = sum(r.info.status == "FAILED" for r in trials)
         extra = f" ({len(trials)} trial runs, {n_failed} FAILED)" if trials else " (no trial runs)"
         raise AnalysisError(f"experiment '{experiment}' has no FINISHED trial runs in {uri}{extra}")
     parent_commit = {p["run_id"]: p["git_commit"] or None for p in meta.parents}
     runs["git_commit"] = runs["git_commit"].fillna(runs["parent_run_id"].map(parent_commit))  # older trial runs
-    failures = failures_frame(trials, runs["trial_key"].dropna())
+    finished_keys = pd.concat([runs["trial_key"], superseded.get("trial_key", pd.Series(dtype=object))]).dropna()
+    current_sigs = pd.DataFrame({"arm": runs["arm"], "signature": [config_signature(params[rid]) for rid in runs["run_id"]]})
+    failures, n_older_failed = current_failures(failures_frame(trials, finished_keys), current_sigs)
     curves = None if curve_metrics is None else _curves(client, meta, runs, curve_metrics)
     n_running = sum(r.info.status == "RUNNING" for r in trials)
     return SweepData(meta=meta, runs=runs, failures=failures, curves=curves, n_running=n_running,
-                     superseded=superseded)
+                     superseded=superseded, superseded_failures=n_older_failed)
 
 
 def load_runs(experiment: str, tracking_uri: Optional[str] = None, curves: Union[bool, Sequence[str]] = False):

@@ -336,6 +336,8 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, ptable: O
         *([f"trial runs still RUNNING (not included): {data.n_running}"] if data.n_running else []),
         *([f"finished runs of an older config of the same arm (not included): {len(data.superseded)}"]
           if data.superseded is not None and len(data.superseded) else []),
+        *([f"failed runs of an older config of the same arm (not included): {data.superseded_failures}"]
+          if data.superseded_failures else []),
         f"git commit(s): {'; '.join(_commits(data))}",
         f"tracking URI: `{meta.tracking_uri}`, experiment id {meta.experiment_id}, latest parent run `{meta.parent_run_id}`",
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",

@@ -365,23 +365,31 @@ def test_an_arm_rerun_with_another_config_replaces_the_old_runs(tmp_path):
     tr = Tracker(uri)
     eid = tr.experiment_id("changed")
 
-    def invocation(steps: int, values: dict) -> None:
+    def invocation(steps: int, values: dict, failed=()) -> None:
         trials = []
-        for seed in values:
+        for seed in sorted(set(values) | set(failed)):
             cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=32, depth=2),
                               train=TrainConfig(steps=steps, eval_every=1), seed=seed)
             trials.append(Trial(arm="dim=32", seed=seed, config=cfg, key=trial_key(cfg), factors={"model.dim": 32}))
-        sweep = Sweep(config=SweepConfig(name="changed", grid={"model.dim": [32]}, seeds=list(values)), trials=trials)
+        sweep = Sweep(config=SweepConfig(name="changed", grid={"model.dim": [32]}, seeds=[t.seed for t in trials]),
+                      trials=trials)
         pid = tr.start_parent(eid, sweep, command="x")
         for t in trials:
-            rid = tr.start_trial(eid, pid, t, "changed")
-            tr.log_metrics(rid, {"val/loss": values[t.seed]}, steps)
-            tr.end_trial(rid, "FINISHED")
+            if t.seed in failed:  # a run that died, then (if in values) a rerun of the key that finished
+                rid = tr.start_trial(eid, pid, t, "changed")
+                tr.end_trial(rid, "FAILED", error="the sweep driver stopped", failure="driver_lost")
+            if t.seed in values:
+                rid = tr.start_trial(eid, pid, t, "changed")
+                tr.log_metrics(rid, {"val/loss": values[t.seed]}, steps)
+                tr.end_trial(rid, "FINISHED")
         tr.end_run(pid)
 
-    invocation(3, {0: 2.0, 1: 2.2})
-    invocation(5, {0: 1.0, 1: 1.2})
+    invocation(3, {0: 2.0, 1: 2.2}, failed=(1, 2))   # old config: seed 1 failed then finished, seed 2 never
+    invocation(5, {0: 1.0, 1: 1.2}, failed=(3,))     # new config: seed 3 failed
     data = load_sweep("changed", uri)
     assert sorted(data.runs["val/loss"]) == [1.0, 1.2]
     assert set(data.runs["train.steps"]) == {5}
     assert len(data.superseded) == 2 and set(data.superseded["train.steps"]) == {3}
+    # only the current config's failure is reported; the older config's two are counted apart
+    assert data.failures["seed"].tolist() == [3] and not data.failures["resolved"].any()
+    assert data.superseded_failures == 2
