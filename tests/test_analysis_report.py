@@ -331,6 +331,23 @@ def test_report_html_renders_in_chromium(report, tmp_path):
     assert colours is not None and len(colours) > 20  # text, tables and figures, not a blank page
 
 
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="chromium not installed")
+def test_mlflow_ui_shows_the_sweep_as_a_parent_run_with_nested_trials(store, tmp_path):
+    """The README's screenshot script against a real `mlflow server` on 127.0.0.1: it fails
+    unless the UI lists the parent run and, once that row is expanded, a trial nested in it."""
+    from PIL import Image
+
+    shot = tmp_path / "ui.png"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshots.py"), "mlflow-ui", NAME,
+                          "--tracking-uri", store["uri"], "--out", str(shot), "--height", "700"],
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    with Image.open(shot) as im:
+        assert im.size == (1600, 700)
+        colours = im.convert("RGB").resize((80, 35)).getcolors(80 * 35)
+    assert colours is not None and len(colours) > 20
+
+
 def test_curves_through_the_public_api_match_the_sql_path(store, monkeypatch):
     from analysis import load
 
