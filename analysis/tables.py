@@ -202,12 +202,18 @@ def ordering_table(order: pd.DataFrame, metric: str, mode: str) -> Optional[Tabl
         pbest = f" → {r['paper_better']} better" if r["paper_better"] else " → tie"
         obest = f" → {r['ours_better']} better" if r["ours_better"] else " → tie"
         agree = "—" if r["agree"] is None else ("yes" if r["agree"] else "no")
+        if r["agree"] is not None:
+            if pd.isna(r["delta_lo"]) or pd.isna(r["delta_hi"]):
+                agree += " (no CI)"
+            elif r["delta_lo"] <= 0 <= r["delta_hi"]:
+                agree += " (not resolved: CI includes 0)"
         rows.append([f"{r['a']} vs {r['b']}",
                      f"{r['paper_table']}: {ma}{r['paper_a']:g} {psign} {mb}{r['paper_b']:g} {r['paper_metric']}{pbest}",
                      f"{num(r['ours_a'], d)} {osign} {num(r['ours_b'], d)}{obest}",
                      delta_ci(r["delta"], r["delta_lo"], r["delta_hi"], d), pvalue(r["p"]), agree])
     cap = (f"Ordering of variants: paper (its metric and setting) vs ours ({metric}, {direction(mode)}). "
-           "≈ = approximate paper value.")
+           "≈ = approximate paper value. Where our Δ's 95% CI includes 0 our ordering is not resolved, "
+           "and the agreement (or disagreement) with the paper says little.")
     return Table(header=header, rows=rows, align="lllrrc", caption=cap)
 
 

@@ -225,6 +225,11 @@ def test_sgu_split_sweep_maps_to_table_3():
     assert not order.loc[("s=false", "tf"), "agree"]  # paper: BERT 4.37 < unsplit 4.53; ours: unsplit better
     text = tables.ordering_table(order.reset_index(), "m", "min").to_markdown()
     assert "T3: 4.35 < ≈4.53 perplexity" in text and "same ordering?" in text
+    lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if " vs " in ln}
+    assert lines["s=true vs tf"].rstrip(" |").endswith("yes")  # Δ −0.5 [CI excludes 0]: resolved
+    # two seeds each, means 1.05 vs 1.25: the CI includes 0, so the agreement is marked unresolved
+    assert order.loc[("s=true", "s=false"), "delta_lo"] <= 0 <= order.loc[("s=true", "s=false"), "delta_hi"]
+    assert "yes (not resolved: CI includes 0)" in lines["s=true vs s=false"]
 
 
 def test_attn_dim_maps_to_table_6_and_survival_has_only_notes():
