@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-from analysis.labels import direction, metric_label
+from analysis.labels import direction, metric_label, metric_range
 from analysis.stats import pareto_front
 from analysis.tables import factor_header, fmt_value
 
@@ -67,10 +67,13 @@ def _legend_below(fig: Figure, ax, n: int) -> None:
 
 
 def plot_curves(bands: Dict[str, pd.DataFrame], order: Sequence[str], palette: Dict[str, str],
-                baseline_arms: Sequence[str], path: Path, title: str) -> Path:
+                baseline_arms: Sequence[str], path: Path, title: str,
+                curves: Optional[pd.DataFrame] = None) -> Path:
     """Learning curves, one column per metric: the whole run (top) and the second half of
     training (bottom, zoomed so that the arms' final differences show). Lines: mean over
-    seeds per arm; bands: 95% t-interval over seeds (none where one seed reached the step)."""
+    seeds per arm; bands: 95% t-interval over seeds (none where one seed reached the step),
+    clipped to the metric's range; thin lines: each seed (from ``curves``, the long
+    histories), so that seeds which split into groups (some learn, some do not) show as such."""
     metrics = list(bands)
     _, legend_rows = _legend_rows(len(order) + 0)
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
@@ -78,6 +81,8 @@ def plot_curves(bands: Dict[str, pd.DataFrame], order: Sequence[str], palette: D
         axes = fig.subplots(2, len(metrics), squeeze=False)
         for col, metric in enumerate(metrics):
             b = bands[metric]
+            lo, hi = metric_range(metric)
+            seeds = None if curves is None else curves[curves["metric"] == metric]
             half = float(b["step"].min() + (b["step"].max() - b["step"].min()) / 2)
             for row, zoom in enumerate((False, True)):
                 ax = axes[row, col]
@@ -88,16 +93,22 @@ def plot_curves(bands: Dict[str, pd.DataFrame], order: Sequence[str], palette: D
                     if g.empty:
                         continue
                     base = arm in baseline_arms
-                    ax.plot(g["step"], g["mean"], color=palette[arm], lw=1.6, ls="--" if base else "-",
+                    if seeds is not None:
+                        for _, one in seeds[(seeds["arm"] == arm) & (seeds["step"] >= (half if zoom else -np.inf))
+                                            ].sort_values("step").groupby("run_id"):
+                            ax.plot(one["step"], one["value"], color=palette[arm], lw=0.6, alpha=0.45,
+                                    ls="--" if base else "-")
+                    ax.plot(g["step"], g["mean"], color=palette[arm], lw=1.8, ls="--" if base else "-",
                             label=f"{arm} (baseline)" if base else arm)
                     ok = np.isfinite(g["ci"].to_numpy(dtype=float))
                     if ok.any():
-                        ax.fill_between(g["step"][ok], (g["mean"] - g["ci"])[ok], (g["mean"] + g["ci"])[ok],
-                                        color=palette[arm], alpha=0.18, lw=0)
+                        low, high = (g["mean"] - g["ci"])[ok], (g["mean"] + g["ci"])[ok]
+                        low, high = low.clip(lower=lo, upper=hi), high.clip(lower=lo, upper=hi)
+                        ax.fill_between(g["step"][ok], low, high, color=palette[arm], alpha=0.15, lw=0)
                 ax.set_xlabel("step")
                 ax.set_ylabel(metric_label(metric))
                 ax.set_title(f"{metric}: second half of training (zoom)" if zoom else
-                             f"{metric}: mean over seeds, 95% CI band", fontsize="medium")
+                             f"{metric}: mean over seeds (thick), 95% CI band, seeds (thin)", fontsize="medium")
         _legend_below(fig, axes[0, 0], len(order))
         fig.suptitle(f"{title}: learning curves")
         return _save(fig, path)

@@ -256,7 +256,8 @@ def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
     if data.curves is not None and not data.curves.empty:
         curve_metrics = [m for m in dict.fromkeys([an.metric, "train/loss"]) if m in set(data.curves["metric"])]
         bands = {m: stats.curve_bands(data.curves, m) for m in curve_metrics}
-        files["curves"] = plots.plot_curves(bands, an.order, palette, baseline_arms, out / "curves.png", title)
+        files["curves"] = plots.plot_curves(bands, an.order, palette, baseline_arms, out / "curves.png", title,
+                                            curves=data.curves)
     files["final"] = plots.plot_final(runs, an.summary, an.metric, an.mode, palette, an.baseline, out / "final.png", title)
     grid_cells = int((~an.arm_info["baseline"]).sum())
     if len(factors) == 2 and grid_cells > 1:
@@ -383,7 +384,7 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, ptable: O
 
     doc.add("h2", "Figures")
     captions = {
-        "curves": f"Learning curves: {an.metric} (and train/loss) vs step, mean over seeds with a 95% CI band.",
+        "curves": f"Learning curves: {an.metric} (and train/loss) vs step, mean over seeds with a 95% CI band (clipped to the metric's range) and each seed as a thin line.",
         "final": f"Final {an.metric} per arm: mean and 95% CI over seeds; dots are seeds; dashed line: baseline mean.",
         "heatmap": f"Mean {an.metric} per cell of the two-factor grid.",
         "pareto": f"{an.metric} vs parameters and FLOPs per token, with the Pareto front (red).",

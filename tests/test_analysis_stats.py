@@ -252,3 +252,42 @@ def test_paper_table_never_mixes_columns():
     assert t.header[2].startswith("paper value") and t.header[4].startswith("ours")
     assert t.rows[0][2] == "4.35 perplexity" and t.rows[1][2] == "≈4.37 perplexity"
     assert t.rows[0][4].startswith("1.05")
+
+
+def test_curve_bands_are_clipped_to_the_metric_range_and_every_seed_is_drawn(tmp_path, monkeypatch):
+    """Seeds that split (one solves the task, two do not) give a t-interval past accuracy 1
+    and below 0; the plotted band stops at the metric's range, and each seed gets its line."""
+    from matplotlib.axes import Axes
+
+    from analysis import plots
+    from analysis.labels import metric_range
+
+    assert metric_range("val/acc") == (0.0, 1.0) and metric_range("val/loss") == (0.0, None)
+    assert metric_range("val/ppl") == (1.0, None) and metric_range("perf/tokens_per_s") == (None, None)
+    rows = []
+    for seed, final in enumerate([1.0, 0.5, 0.5]):
+        for step in (1, 2, 3, 4):
+            rows.append({"run_id": f"r{seed}", "arm": "a", "seed": seed, "metric": "val/acc", "step": step,
+                         "value": 0.5 + (final - 0.5) * step / 4})
+    curves = pd.DataFrame(rows)
+    bands = {"val/acc": stats.curve_bands(curves, "val/acc")}
+    last = bands["val/acc"].iloc[-1]
+    assert last["mean"] + last["ci"] > 1.0 and last["mean"] - last["ci"] < 0.0  # the raw interval overshoots
+    filled, lines = [], []
+    real_fill, real_plot = Axes.fill_between, Axes.plot
+
+    def fill_spy(self, x, y1, y2=0, **kw):
+        filled.append((np.asarray(y1, dtype=float), np.asarray(y2, dtype=float)))
+        return real_fill(self, x, y1, y2, **kw)
+
+    def plot_spy(self, *args, **kw):
+        lines.append(kw.get("lw"))
+        return real_plot(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "fill_between", fill_spy)
+    monkeypatch.setattr(Axes, "plot", plot_spy)
+    out = plots.plot_curves(bands, ["a"], {"a": "#1f77b4"}, [], tmp_path / "c.png", "t", curves=curves)
+    assert out.is_file() and filled
+    for low, high in filled:
+        assert low.min() >= 0.0 and high.max() <= 1.0
+    assert lines.count(0.6) == 2 * 3  # three seed lines in each of the two panels
