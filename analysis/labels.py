@@ -19,26 +19,16 @@ METRIC_UNITS = {
 }
 
 
-# The range a metric can take (None: unbounded on that side). A t-interval over a few
-# seeds can reach past it when seeds disagree (e.g. some solve a task, some do not);
-# plots clip their bands to it.
-METRIC_RANGES = {
-    "val/loss": (0.0, None),
-    "train/loss": (0.0, None),
-    "val/bpb": (0.0, None),
-    "val/ppl": (1.0, None),
-    "val/acc": (0.0, 1.0),
-}
-
-
 def metric_range(key: str):
-    """``(low, high)`` bounds of a metric's values, None where it is unbounded or unknown."""
-    if key in METRIC_RANGES:
-        return METRIC_RANGES[key]
-    if key.endswith("/acc") or key.endswith("_acc"):
+    """``(low, high)`` bounds of a metric's values, None where it is unbounded or unknown.
+    A t-interval over a few seeds can reach past them when seeds disagree (some solve a
+    task, some do not); plots clip their bands to them."""
+    if key.endswith(("/acc", "_acc")):
         return (0.0, 1.0)
-    if key.endswith("/loss") or key.endswith("/bpb"):
+    if key.endswith(("/loss", "/bpb")):
         return (0.0, None)
+    if key.endswith("/ppl"):
+        return (1.0, None)
     return (None, None)
 
 

@@ -331,23 +331,20 @@ def config_signature(params: Dict[str, Any]) -> str:
     return "\x1f".join(f"{k}={params.get(k)}" for k in _SIG_KEYS)
 
 
-def latest_config_per_arm(df: pd.DataFrame, signatures: Optional[pd.Series] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """Split pooled rows into (kept, superseded): per arm, the runs whose config (all but the
-    seed and non-semantic fields) equals that of the arm's latest run are kept; runs of an
-    older config of the same arm (e.g. before ``train.steps=...`` was changed) are left out,
-    so an arm never mixes runs of different configs. ``signatures`` (per row, from
-    :func:`config_signature`) default to one built from the frame's config columns."""
+def latest_config_per_arm(df: pd.DataFrame, signatures: pd.Series) -> Tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Split pooled rows into (kept, superseded, latest): per arm, the runs whose config
+    signature (``signatures``, per row, from :func:`config_signature`) equals that of the
+    arm's latest run are kept; runs of an older config of the same arm (e.g. before
+    ``train.steps=...`` was changed) are left out, so an arm never mixes runs of different
+    configs. ``latest`` maps each arm to its latest signature."""
     if df.empty:
         df = df.drop(columns=["start_ms"], errors="ignore")
-        return df, df.iloc[0:0]
-    if signatures is None:
-        cols = [c for c in _SIG_KEYS if c in df.columns]
-        signatures = pd.Series(["\x1f".join(map(str, row)) for row in df[cols].itertuples(index=False)], index=df.index)
+        return df, df.iloc[0:0], pd.Series(dtype=object)
     sig = signatures.reindex(df.index)
     latest = df.assign(_sig=sig).sort_values("start_ms").groupby("arm", dropna=False)["_sig"].last()
     keep = sig.values == df["arm"].map(latest).values
     clean = df.drop(columns=["start_ms"])
-    return clean[keep].reset_index(drop=True), clean[~keep].reset_index(drop=True)
+    return clean[keep].reset_index(drop=True), clean[~keep].reset_index(drop=True), latest
 
 
 def failures_frame(trial_runs: Sequence[Any], finished_keys: Iterable[str]) -> pd.DataFrame:
@@ -371,13 +368,12 @@ def failures_frame(trial_runs: Sequence[Any], finished_keys: Iterable[str]) -> p
     return pd.DataFrame(rows, columns=cols).sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
 
 
-def current_failures(failures: pd.DataFrame, runs: pd.DataFrame) -> Tuple[pd.DataFrame, int]:
+def current_failures(failures: pd.DataFrame, latest: pd.Series) -> Tuple[pd.DataFrame, int]:
     """Split FAILED runs into those of each arm's current config (returned, without the
-    ``signature`` column) and the number of those of an older config of an arm that has
-    finished runs of a newer one. ``runs`` needs ``arm`` and ``signature`` columns."""
-    current = runs.groupby("arm", dropna=False)["signature"].agg(set)
-    older = [arm in current.index and sig not in current[arm] for arm, sig in zip(failures["arm"], failures["signature"])]
-    older = np.asarray(older, dtype=bool)
+    ``signature`` column) and the number of those of an older config of an arm whose latest
+    finished runs (``latest``: arm -> signature) have another one."""
+    older = np.asarray([arm in latest.index and sig != latest[arm]
+                        for arm, sig in zip(failures["arm"], failures["signature"])], dtype=bool)
     return failures[~older].drop(columns=["signature"]).reset_index(drop=True), int(older.sum())
 
 
@@ -464,7 +460,7 @@ def load_sweep(experiment: str, tracking_uri: Optional[str] = None,
     pooled = runs_frame(trials)
     params = {r.info.run_id: r.data.params for r in trials}
     sigs = pd.Series([config_signature(params[rid]) for rid in pooled.get("run_id", [])], index=pooled.index, dtype=object)
-    runs, superseded = latest_config_per_arm(pooled, sigs)
+    runs, superseded, latest = latest_config_per_arm(pooled, sigs)
     if runs.empty:
         n_failed = sum(r.info.status == "FAILED" for r in trials)
         extra = f" ({len(trials)} trial runs, {n_failed} FAILED)" if trials else " (no trial runs)"
@@ -472,8 +468,7 @@ def load_sweep(experiment: str, tracking_uri: Optional[str] = None,
     parent_commit = {p["run_id"]: p["git_commit"] or None for p in meta.parents}
     runs["git_commit"] = runs["git_commit"].fillna(runs["parent_run_id"].map(parent_commit))  # older trial runs
     finished_keys = pd.concat([runs["trial_key"], superseded.get("trial_key", pd.Series(dtype=object))]).dropna()
-    current_sigs = pd.DataFrame({"arm": runs["arm"], "signature": [config_signature(params[rid]) for rid in runs["run_id"]]})
-    failures, n_older_failed = current_failures(failures_frame(trials, finished_keys), current_sigs)
+    failures, n_older_failed = current_failures(failures_frame(trials, finished_keys), latest)
     curves = None if curve_metrics is None else _curves(client, meta, runs, curve_metrics)
     n_running = sum(r.info.status == "RUNNING" for r in trials)
     return SweepData(meta=meta, runs=runs, failures=failures, curves=curves, n_running=n_running,

@@ -191,12 +191,12 @@ async def _shoot_ui(debug_port: int, url: str, parent_name: str, child_name: str
                            mobile=False)
             await cdp.call("Page.enable")
             await cdp.call("Page.navigate", url=url)
-            name_js = json.dumps(parent_name)
-            await cdp.wait_js(f"[...document.querySelectorAll('a')].some(a => a.textContent.trim() === {name_js})",
-                              timeout, f"the parent run {parent_name!r}")
-            await cdp.js(_TIDY_JS)
-            await cdp.wait_js(f"[...document.querySelectorAll('a')].some(a => a.textContent.trim() === {name_js})",
-                              timeout, f"the parent run {parent_name!r}")
+            def shown(run_name: str) -> str:  # JS: is a link with this run name on the page?
+                return f"[...document.querySelectorAll('a')].some(a => a.textContent.trim() === {json.dumps(run_name)})"
+
+            await cdp.wait_js(shown(parent_name), timeout, f"the parent run {parent_name!r}")
+            await cdp.js(_TIDY_JS)  # may re-render the page: wait for the run again
+            await cdp.wait_js(shown(parent_name), timeout, f"the parent run {parent_name!r}")
             if columns:
                 await cdp.js(f"({_COLUMNS_JS})({json.dumps(columns)}, {json.dumps(['Dataset', 'Source', 'Models'])})")
                 for kind in ("keyDown", "keyUp"):  # close the selector
@@ -205,11 +205,10 @@ async def _shoot_ui(debug_port: int, url: str, parent_name: str, child_name: str
                 await cdp.wait_js("!document.querySelector('.du-bois-light-tree-treenode')", timeout,
                                   "the runs table after closing the column selector")
             if child_name:
-                child_js = json.dumps(child_name)
-                visible = f"[...document.querySelectorAll('a')].some(a => a.textContent.trim() === {child_js})"
-                if not await cdp.js(visible):
-                    await cdp.js(_EXPAND_JS % name_js)
-                await cdp.wait_js(visible, timeout, f"the nested trial run {child_name!r} after expanding the parent")
+                if not await cdp.js(shown(child_name)):
+                    await cdp.js(_EXPAND_JS % json.dumps(parent_name))
+                await cdp.wait_js(shown(child_name), timeout,
+                                  f"the nested trial run {child_name!r} after expanding the parent")
             await asyncio.sleep(1.5)  # let the table finish laying out
             shot = await cdp.call("Page.captureScreenshot", format="png")
     out.parent.mkdir(parents=True, exist_ok=True)
