@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from gmlp_ablate.config import NONSEMANTIC_KEYS, TRIAL_KEYS, TrialConfig, did_you_mean
-from gmlp_ablate.tracking import (
+from gmlp_ablate.names import (
     PARENT,
     TAG_ARM,
     TAG_BASELINE,
@@ -39,13 +39,12 @@ from gmlp_ablate.tracking import (
     TAG_SEED,
     TAG_SWEEP,
     TRIAL,
-    normalize_uri,
+    TAG_PARENT_RUN,
+    TAG_NOTE,
+    TAG_COMMAND,
+    REPORT_ARTIFACT_PATH,
 )
-
-TAG_PARENT_RUN = "mlflow.parentRunId"
-TAG_NOTE = "mlflow.note.content"
-TAG_COMMAND = "command"
-REPORT_ARTIFACT_PATH = "report"
+from gmlp_ablate.tracking import normalize_uri
 _BULK_CHUNK = 500  # run ids per bulk history query (well under sqlite's variable limit)
 
 

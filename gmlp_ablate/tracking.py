@@ -30,30 +30,30 @@ from urllib.parse import urlsplit
 
 from gmlp_ablate.config import Sweep, Trial, did_you_mean, flatten, to_dict
 
-# Tags (the analysis side reads the same names from here).
-TAG_ROLE = "gmlp_ablate.role"  # "parent" | "trial"
-TAG_SWEEP = "sweep"
-TAG_KEY = "trial_key"
-TAG_ARM = "arm"
-TAG_SEED = "seed"
-TAG_BASELINE = "baseline"  # "true" | "false"
-TAG_FACTORS = "factors"  # trial: JSON {grid key: value}; parent: JSON [grid keys]
-TAG_BASELINES = "baselines"  # parent: JSON [baseline arm names]
-TAG_METRIC = "metric"  # parent: the sweep's metric name
-TAG_METRIC_MODE = "metric_mode"  # parent: min | max
-TAG_ERROR = "error"  # failed trial: the error message (one line, truncated)
-TAG_FAILURE = "failure"  # exception | nonfinite | worker_died | driver_lost (FAILED); interrupted | driver_error (KILLED)
-TAG_WORKER = "worker"  # trial: "<node ip>:<pid>" of the process running it (updated on a retry)
-TAG_RESTARTS = "restarts"  # trial: times it was retried from its checkpoint after a failure
-TAG_RESTART_REASON = "restart_reason"  # trial: the error that caused the last retry
-TAG_NONFINITE_STEP = "nonfinite_step"
-TAG_COMMIT = "git_commit"
-TAG_DEVICE = "device"
-TAG_HOST = "gmlp_ablate.driver_host"
-TAG_PID = "gmlp_ablate.driver_pid"
-TAG_PID_START = "gmlp_ablate.driver_start"
-TAG_HEARTBEAT = "gmlp_ablate.heartbeat"
-PARENT, TRIAL = "parent", "trial"
+from gmlp_ablate.names import (  # noqa: F401  (re-exported for the run side)
+    PARENT,
+    TAG_ARM,
+    TAG_BASELINE,
+    TAG_BASELINES,
+    TAG_COMMIT,
+    TAG_ERROR,
+    TAG_FACTORS,
+    TAG_FAILURE,
+    TAG_HEARTBEAT,
+    TAG_HOST,
+    TAG_KEY,
+    TAG_METRIC,
+    TAG_METRIC_MODE,
+    TAG_PID,
+    TAG_PID_START,
+    TAG_RESTART_REASON,
+    TAG_RESTARTS,
+    TAG_ROLE,
+    TAG_SEED,
+    TAG_SWEEP,
+    TAG_WORKER,
+    TRIAL,
+)
 
 HEARTBEAT_STALE_S = 600.0
 """A RUNNING parent whose heartbeat is older than this is considered dead (any host)."""

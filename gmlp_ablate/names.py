@@ -1,0 +1,97 @@
+"""Names that cross module boundaries, defined once and imported by every side.
+
+The trainer emits result keys, the runner turns them into MLflow tags and metrics, the
+analysis reads those tags back, and the screenshot script looks for them in the MLflow UI.
+Each of those sides imports the names from here; none spells them on its own.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --------------------------------------------------------------------------------------
+# What train() reports (keys of the dict passed to its ``report`` callback)
+# --------------------------------------------------------------------------------------
+
+INFO_PREFIX = "info."
+"""Result keys with this prefix carry strings (device, corpus hash); they become tags."""
+RESULT_STEP = "step"
+RESULT_FINAL = "final"
+"""Set (to 1) on the last result of a trial that ran to its end."""
+RESULT_NONFINITE_STEP = "nonfinite_step"
+"""Set on the result that ends a trial whose loss went NaN/inf: the first bad step."""
+RESULT_ERROR = "error"
+INFO_RESUMED_FROM_STEP = "resumed_from_step"
+"""Tag (after the ``info.`` prefix is removed): the step a trial was resumed from (0 = fresh)."""
+INFO_DEVICE = "device"
+"""Tag (after the ``info.`` prefix is removed): the device the trial trained on."""
+
+# Metric name prefixes: val/* selects (tuning, early decisions), test/* reports.
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
+
+# --------------------------------------------------------------------------------------
+# MLflow tags written by gmlp_ablate.tracking and read by analysis.load
+# --------------------------------------------------------------------------------------
+
+TAG_ROLE = "gmlp_ablate.role"  # PARENT | TRIAL
+PARENT, TRIAL = "parent", "trial"
+TAG_SWEEP = "sweep"
+TAG_KEY = "trial_key"
+TAG_ARM = "arm"
+TAG_SEED = "seed"
+TAG_BASELINE = "baseline"  # "true" | "false"
+TAG_FACTORS = "factors"  # trial: JSON {grid key: value}; parent: JSON [grid keys]
+TAG_BASELINES = "baselines"  # parent: JSON [baseline arm names]
+TAG_METRIC = "metric"  # parent: the sweep's metric name
+TAG_METRIC_MODE = "metric_mode"  # parent: min | max
+TAG_ERROR = "error"  # failed trial: the error message (one line, truncated)
+TAG_FAILURE = "failure"  # a FAILURE_* value
+TAG_NONFINITE_STEP = RESULT_NONFINITE_STEP  # failed trial: the first non-finite step
+TAG_WORKER = "worker"  # trial: "<node ip>:<pid>" of the process running it (updated on a retry)
+TAG_RESTARTS = "restarts"  # trial: times it was retried from its checkpoint after a failure
+TAG_RESTART_REASON = "restart_reason"  # trial: the error that caused the last retry
+TAG_COMMIT = "git_commit"
+TAG_DEVICE = INFO_DEVICE
+TAG_STAGE = "stage"  # trial: STAGE_TUNE | STAGE_FINAL
+STAGE_TUNE, STAGE_FINAL = "tune", "final"
+TAG_HOST = "gmlp_ablate.driver_host"
+TAG_PID = "gmlp_ablate.driver_pid"
+TAG_PID_START = "gmlp_ablate.driver_start"
+TAG_HEARTBEAT = "gmlp_ablate.heartbeat"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"
+TAG_COMMAND = "command"
+
+# Values of TAG_FAILURE: FAILED runs ...
+FAILURE_EXCEPTION = "exception"
+FAILURE_NONFINITE = "nonfinite"
+FAILURE_WORKER_DIED = "worker_died"
+FAILURE_DRIVER_LOST = "driver_lost"
+# ... and KILLED runs.
+FAILURE_INTERRUPTED = "interrupted"
+FAILURE_DRIVER_ERROR = "driver_error"
+
+REPORT_ARTIFACT_PATH = "report"
+"""Where the report is attached on the sweep's parent run."""
+
+# --------------------------------------------------------------------------------------
+# Names that become paths
+# --------------------------------------------------------------------------------------
+
+MAX_NAME_LEN = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+,-]+")
+
+
+def path_component(name: str) -> str:
+    """A sweep (or arm) name made safe to use as one path component.
+
+    The one place where a user-given name becomes part of a path: separators, ``..``, control
+    and shell characters are replaced, so the result never leaves the folder it is joined to.
+    Raises ValueError for a name with nothing usable left, or longer than ``MAX_NAME_LEN``.
+    """
+    if len(name) > MAX_NAME_LEN:
+        raise ValueError(f"name is {len(name)} characters long; at most {MAX_NAME_LEN} are allowed")
+    safe = _UNSAFE.sub("_", name).strip("._")
+    if not safe:
+        raise ValueError(f"name {name!r} has no character usable in a path (letters, digits, . _ = + , -)")
+    return safe
