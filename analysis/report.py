@@ -27,7 +27,7 @@ from analysis import paper as paper_mod
 from analysis import stats, tables
 from analysis.labels import direction, metric_label
 from analysis.load import AnalysisError, SweepData, load_curves, load_sweep, log_report
-from gmlp_ablate.config import did_you_mean
+from gmlp_ablate.schema import did_you_mean
 
 OWN_FILES = ("report.md", "report.html", "summary.csv", "table.tex", "curves.png", "final.png",
              "heatmap.png", "pareto.png")
@@ -444,7 +444,7 @@ def run(args: argparse.Namespace, timings: Optional[Dict[str, float]] = None) ->
     clock.lap("writing")
     if not args.no_log:
         try:
-            log_report(data.meta, str(out))
+            log_report(data.meta, out, [p.name for p in out.iterdir() if p.name in OWN_FILES])
         except AnalysisError as e:
             raise NotLogged(f"report written to {out.resolve()} but not logged to the sweep's parent run: {e} "
                             "(--no-log skips logging)") from None

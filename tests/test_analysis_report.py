@@ -350,9 +350,10 @@ def test_mlflow_ui_shows_the_sweep_as_a_parent_run_with_nested_trials(store, tmp
 
 def test_curves_through_the_public_api_match_the_sql_path(store, monkeypatch):
     from analysis import load
+    from analysis import store as store_mod
 
     runs, fast = load.load_runs(NAME, store["uri"], curves=["val/loss", "train/loss"])
-    monkeypatch.setattr(load, "_histories_sql", lambda *a: None)
+    monkeypatch.setattr(store_mod, "sql_histories", lambda *a: None)
     _, slow = load.load_runs(NAME, store["uri"], curves=["val/loss", "train/loss"])
     key = ["run_id", "metric", "step"]
     pd.testing.assert_frame_equal(fast.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True))

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis import paper, stats, tables
-from analysis.load import cast_param, schema_types
+from analysis.frames import cast_param, schema_types
 
 
 def _runs(values: dict, baseline=("base",), factors=None) -> pd.DataFrame:
