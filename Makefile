@@ -10,7 +10,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 TORCH_CPU_INDEX   ?= https://download.pytorch.org/whl/cpu
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The unit tier alone (no real Ray, no multi-process MLflow): for quick iteration.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not integration"
 
 demo: $(VENV)/.installed
 	$(PY) -m gmlp_ablate.demo

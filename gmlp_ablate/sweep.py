@@ -372,7 +372,10 @@ def build_sweep(data: Dict[str, Any], overrides: Optional[List[str]] = None, pat
     factors: Dict[str, Dict[str, Any]] = {}
     axes = list(grid.items())
     for values in itertools.product(*[v for _, v in axes]):
-        cell = {k: v for (k, _), v in zip(axes, values)}
+        raw_cell = {k: v for (k, _), v in zip(axes, values)}
+        label = arm_name(raw_cell)
+        cfg_cell = merge_structured(TrialConfig, [base_dict, *[nest(k, v) for k, v in raw_cell.items()]], f"grid[{label}].")
+        cell = {k: _get(cfg_cell, k) for k in raw_cell}  # typed: 1e-3 and 1.0e-3 name one arm
         arm = arm_name(cell)
         _add_arm(arm_cfgs, where, arm, f"grid[{arm}].", base_dict, [nest(k, v) for k, v in cell.items()])
         factors[arm] = cell
@@ -512,6 +515,12 @@ def _with_value(cfg: TrialConfig, key: str, value: Any) -> TrialConfig:
     return merge_structured(TrialConfig, [to_dict(cfg), nest(key, value)])
 
 
+def _typed(cfg: SweepConfig, cell: Dict[str, Any]) -> Dict[str, Any]:
+    """Grid values as the schema types them (``0`` for a float key is ``0.0``)."""
+    merged = merge_structured(TrialConfig, [to_dict(cfg.base), *[nest(k, v) for k, v in cell.items()]])
+    return {k: _get(merged, k) for k in cell}
+
+
 def _first_cell(grid: Dict[str, List[Any]]) -> Dict[str, Any]:
     return {k: v[0] for k, v in grid.items()}
 
@@ -519,14 +528,19 @@ def _first_cell(grid: Dict[str, List[Any]]) -> Dict[str, Any]:
 def _reference_arm(cfg: SweepConfig, factors: Dict[str, Dict[str, Any]]) -> str:
     ref = cfg.reference
     if not ref:
-        return arm_name(_first_cell(cfg.grid))
+        return arm_name(_typed(cfg, _first_cell(cfg.grid)))
     for k, v in ref.items():
         if k not in cfg.grid:
             raise ConfigError(f"reference.{k}", "not a grid axis" + did_you_mean(k, list(cfg.grid)))
-        if v not in cfg.grid[k]:
+        typed_levels = [_typed(cfg, {k: x})[k] for x in cfg.grid[k]]
+        try:
+            typed = _typed(cfg, {k: v})[k]
+        except ConfigError as e:
+            raise ConfigError(f"reference.{k}", e.message) from None
+        if typed not in typed_levels:
             raise ConfigError(f"reference.{k}", f"{v!r} is not one of the grid's levels {cfg.grid[k]}")
     cell = {k: ref.get(k, levels[0]) for k, levels in cfg.grid.items()}
-    return arm_name(cell)
+    return arm_name(_typed(cfg, cell))
 
 
 def _family(cfg: SweepConfig, arms: List[str], reference_arm: str, baselines: set) -> List[Tuple[str, str]]:
