@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmlp_ablate.config import ModelConfig
+from gmlp_ablate.models.config import ModelConfig, TaskShape
 from gmlp_ablate.models import build_model
-from gmlp_ablate.tasks.base import TaskShape
 
 
 def make_step(model: nn.Module, vocab: int, lr: float = 1e-3) -> Callable[[torch.Tensor, torch.Tensor], None]:

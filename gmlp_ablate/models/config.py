@@ -20,6 +20,7 @@ MAX_WIDTH = 1 << 16
 Arch = Literal["gmlp", "transformer"]
 SguAct = Literal["identity", "tanh", "sigmoid", "gelu"]
 DropMode = Literal["sample", "layer"]
+Pos = Literal["learned", "rotary", "relative"]
 
 
 @dataclass
@@ -54,6 +55,25 @@ class ModelConfig:
     drop_mode: DropMode = "sample"
     """``sample``: per-sample DropPath scaled by 1/p (timm, the paper). ``layer``: whole
     blocks dropped per batch without scaling (g-mlp-pytorch)."""
+    dropout: float = knob(0.0, ge=0, lt=1)
+    """Dropout rate on each residual branch's output before the residual add (transformer:
+    the attention and the FFN outputs; gmlp: the block's proj_out output), in [0, 1)."""
+    pos: Pos = "learned"
+    """Transformer position information: ``learned`` (absolute embeddings added to the
+    input), ``rotary`` (RoPE on queries and keys; dim / heads must be even) or ``relative``
+    (a learned bias per head and relative offset added to the attention logits, Shaw/T5
+    style; causal models have one per offset 0..n-1). gmlp has no position encoding (the
+    SGU is position-aware) and accepts only the default."""
+
+    @property
+    def sample_survival(self) -> float:
+        """Survival probability of the per-sample DropPath on each residual branch (1 = none)."""
+        return self.prob_survival if self.drop_mode == "sample" else 1.0
+
+    @property
+    def layer_survival(self) -> float:
+        """Survival probability of each whole block per batch (1 = every block runs)."""
+        return self.prob_survival if self.drop_mode == "layer" else 1.0
 
     def check(self) -> None:
         """Cross-field rules (keys relative to the model group)."""
@@ -62,7 +82,11 @@ class ModelConfig:
         if self.arch == "transformer":
             if self.dim % self.heads:
                 raise ConfigError("heads", f"dim={self.dim} is not divisible by heads={self.heads}")
+            if self.pos == "rotary" and (self.dim // self.heads) % 2:
+                raise ConfigError("pos", f"rotary needs an even head width, got dim / heads = {self.dim // self.heads}")
             return
+        if self.pos != "learned":
+            raise ConfigError("pos", f"{self.pos!r} applies to the transformer; gmlp has no position encoding")
         if self.sgu_split and (self.dim * self.ff_mult) % 2:
             raise ConfigError("ff_mult", f"dim * ff_mult = {self.dim * self.ff_mult} must be even to split")
         gate_ch = self.dim * self.ff_mult // (2 if self.sgu_split else 1)

@@ -9,17 +9,19 @@ from __future__ import annotations
 from typing import Optional
 
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-from gmlp_ablate.config import ModelConfig
-from gmlp_ablate.models.flops import gmlp_flops_per_token
+from gmlp_ablate.models.config import ModelConfig, TaskShape
 from gmlp_ablate.models.layers import (
+    LayerDropBlocks,
     SpatialGatingUnit,
     TinyAttention,
     ZooModel,
     make_drop_path,
+    make_dropout,
 )
-from gmlp_ablate.tasks.base import TaskShape
+from gmlp_ablate.models.registry import register_arch
 
 
 class GMLPBlock(nn.Module):
@@ -40,7 +42,7 @@ class GMLPBlock(nn.Module):
         attn_dim: Optional[int] = None,
         attn_heads: int = 1,
         prob_survival: float = 1.0,
-        drop_mode: str = "sample",
+        dropout: float = 0.0,
     ):
         """
         Args:
@@ -50,9 +52,9 @@ class GMLPBlock(nn.Module):
             split, heads, causal, act, init_eps: the ``SpatialGatingUnit``'s arguments.
             attn_dim: tiny attention width (aMLP); None = no attention.
             attn_heads: heads of the tiny attention.
-            prob_survival: stochastic depth survival probability of the residual branch.
-            drop_mode: ``sample`` puts a per-sample DropPath on the branch; ``layer`` is
-                handled by the model (whole blocks skipped), so the block has none.
+            prob_survival: survival probability of the per-sample DropPath on the residual
+                branch (1 = none).
+            dropout: dropout rate on proj_out's output, before the residual add.
         """
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -69,7 +71,26 @@ class GMLPBlock(nn.Module):
             else None
         )
         self.proj_out = nn.Linear(gate_dim, dim)
-        self.drop_path = make_drop_path(prob_survival, drop_mode, batch_dim=1)
+        self.dropout = make_dropout(dropout)
+        self.drop_path = make_drop_path(prob_survival, batch_dim=1)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, shape: TaskShape) -> "GMLPBlock":
+        """The block ``cfg`` asks for, for a task of ``shape``."""
+        return cls(
+            dim=cfg.dim,
+            dim_ff=cfg.dim * cfg.ff_mult,
+            seq_len=shape.seq_len,
+            split=cfg.sgu_split,
+            heads=cfg.heads,
+            causal=shape.causal and shape.kind == "tokens",
+            act=cfg.sgu_act,
+            init_eps=cfg.init_eps,
+            attn_dim=cfg.attn_dim,
+            attn_heads=cfg.attn_heads,
+            prob_survival=cfg.sample_survival,
+            dropout=cfg.dropout,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm(x)  # (N, B, D)
@@ -83,9 +104,10 @@ class GMLPBlock(nn.Module):
         else:
             z = F.gelu(self.proj_in(h))  # (N, B, F)
             z = self.sgu.gating(z, z, gate_res)  # (N, B, F)
-        return x + self.drop_path(self.proj_out(z))  # (N, B, D)
+        return x + self.drop_path(self.dropout(self.proj_out(z)))  # (N, B, D)
 
 
+@register_arch("gmlp")
 class GMLP(ZooModel):
     """gMLP / aMLP model: token embedding (no positions: the SGU is position-aware) or
     patch embedding, ``depth`` gMLP blocks, final LayerNorm, linear head."""
@@ -98,23 +120,8 @@ class GMLP(ZooModel):
         """
         super().__init__()
         out_dim = self._build_io(cfg, shape)
-        causal = shape.causal and shape.kind == "tokens"
-        self.blocks = nn.ModuleList(
-            GMLPBlock(
-                dim=cfg.dim,
-                dim_ff=cfg.dim * cfg.ff_mult,
-                seq_len=shape.seq_len,
-                split=cfg.sgu_split,
-                heads=cfg.heads,
-                causal=causal,
-                act=cfg.sgu_act,
-                init_eps=cfg.init_eps,
-                attn_dim=cfg.attn_dim,
-                attn_heads=cfg.attn_heads,
-                prob_survival=cfg.prob_survival,
-                drop_mode=cfg.drop_mode,
-            )
-            for _ in range(cfg.depth)
+        self.blocks = LayerDropBlocks(
+            (GMLPBlock.from_config(cfg, shape) for _ in range(cfg.depth)), prob_survival=cfg.layer_survival
         )
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, out_dim)
@@ -122,10 +129,8 @@ class GMLP(ZooModel):
 
     def patchify(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (n, B, C * p * p), patches row-major, features (c, p1, p2)."""
-        b, c, hh, ww = x.shape
         p = self.shape.patch_size
-        x = x.view(b, c, hh // p, p, ww // p, p).permute(2, 4, 0, 1, 3, 5)  # (h, w, B, C, p, p)
-        return x.reshape((hh // p) * (ww // p), b, c * p * p)
+        return rearrange(x, "b c (h p1) (w p2) -> (h w) b (c p1 p2)", p1=p, p2=p)
 
     def forward(self, x: Tensor) -> Tensor:
         """Tokens (B, N) -> logits (B, N, vocab); images (B, C, H, W) -> logits (B, classes)."""
@@ -134,11 +139,7 @@ class GMLP(ZooModel):
             h = self.tok_emb(x.t())  # (N, B, D)
         else:
             h = self.patch_embed(self.patchify(x))  # (n, B, D)
-        h = self._run_blocks(h)
+        h = self.blocks(h)
         if self.shape.kind == "tokens":
             return self.head(self.ln_f(h.transpose(0, 1)))  # (B, N, V)
         return self.head(self.ln_f(h).mean(dim=0))  # (B, classes)
-
-    def flops_per_token(self) -> float:
-        """Analytic forward FLOPs per token (patch) at full seq_len (see ``flops``)."""
-        return gmlp_flops_per_token(self.cfg, self.shape)

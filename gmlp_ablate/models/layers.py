@@ -1,5 +1,6 @@
-"""Building blocks shared by the model zoo: stochastic depth, the spatial gating unit, tiny
-attention, and the ``ZooModel`` base (init, parameter count, weight-decay groups).
+"""Building blocks shared by the model zoo: initialisation, stochastic depth, dropout, the
+spatial gating unit, tiny attention, and the ``ZooModel`` base (init walk, parameter count,
+weight-decay groups).
 
 Layout: the gMLP layers here work *sequence-first*, on ``(N, B, C)`` tensors. The spatial
 mix ``W @ Z`` is then one plain GEMM of the (n, n) weight with a contiguous ``(n, B * C)``
@@ -8,15 +9,16 @@ view, with no transposes or copies around it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmlp_ablate.models import flops
+
 if TYPE_CHECKING:
-    from gmlp_ablate.config import ModelConfig
-    from gmlp_ablate.tasks.base import TaskShape
+    from gmlp_ablate.models.config import ModelConfig, TaskShape
 
 SGU_ACTIVATIONS: Dict[str, Optional[Callable[[Tensor], Tensor]]] = {
     "identity": None,  # None: no call at all
@@ -27,7 +29,40 @@ SGU_ACTIVATIONS: Dict[str, Optional[Callable[[Tensor], Tensor]]] = {
 
 
 # --------------------------------------------------------------------------------------
-# Stochastic depth
+# Initialisation
+# --------------------------------------------------------------------------------------
+
+
+def named_apply(fn: Callable[[nn.Module, str], None], module: nn.Module, name: str = "",
+                include_root: bool = False) -> nn.Module:
+    """Call ``fn(module, name)`` on every submodule depth-first, children before their parent
+    (as timm's ``named_apply``)."""
+    for child_name, child in module.named_children():
+        named_apply(fn, child, f"{name}.{child_name}" if name else child_name, include_root=True)
+    if include_root:
+        fn(module, name)
+    return module
+
+
+@torch.no_grad()
+def init_dense(module: nn.Module) -> None:
+    """nanoGPT init of torch's own layers: N(0, 0.02) for Linear/Conv/Embedding weights, zero
+    biases, LayerNorm ones/zeros. Other modules are left alone."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------------------
+# Stochastic depth and dropout
 # --------------------------------------------------------------------------------------
 
 
@@ -59,11 +94,16 @@ class DropPath(nn.Module):
         return f"prob_survival={self.prob_survival}, batch_dim={self.batch_dim}"
 
 
-def make_drop_path(prob_survival: float, drop_mode: str, batch_dim: int) -> nn.Module:
-    """A ``DropPath`` for ``drop_mode == "sample"`` with p < 1, else ``nn.Identity`` (free)."""
-    if drop_mode == "sample" and prob_survival < 1.0:
+def make_drop_path(prob_survival: float, batch_dim: int) -> nn.Module:
+    """A ``DropPath`` for p < 1, else ``nn.Identity`` (free)."""
+    if prob_survival < 1.0:
         return DropPath(prob_survival=prob_survival, batch_dim=batch_dim)
     return nn.Identity()
+
+
+def make_dropout(rate: float) -> nn.Module:
+    """``nn.Dropout(rate)`` (Srivastava et al. 2014) for rate > 0, else ``nn.Identity`` (free)."""
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
 
 
 def layer_keep_mask(depth: int, prob_survival: float) -> List[bool]:
@@ -80,6 +120,36 @@ def layer_keep_mask(depth: int, prob_survival: float) -> List[bool]:
     return [not d for d in drop]
 
 
+class LayerDropBlocks(nn.ModuleList):
+    """Blocks applied in order; in training, layer-wise stochastic depth (Huang et al. 2016,
+    as g-mlp-pytorch): each block runs with probability p, at least one always does."""
+
+    def __init__(self, blocks: Iterable[nn.Module], *, prob_survival: float = 1.0):
+        """
+        Args:
+            blocks: the blocks, each mapping a hidden state to one of the same shape.
+            prob_survival: probability p in (0, 1] that a block runs in a training step.
+        """
+        super().__init__(blocks)
+        if not 0.0 < prob_survival <= 1.0:
+            raise ValueError(f"prob_survival must be in (0, 1], got {prob_survival}")
+        self.prob_survival = prob_survival
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.training and self.prob_survival < 1.0:
+            keep = layer_keep_mask(len(self), self.prob_survival)
+            for block, k in zip(self, keep):
+                if k:
+                    h = block(h)
+            return h
+        for block in self:
+            h = block(h)
+        return h
+
+    def extra_repr(self) -> str:
+        return f"prob_survival={self.prob_survival}"
+
+
 # --------------------------------------------------------------------------------------
 # gMLP layers (sequence-first)
 # --------------------------------------------------------------------------------------
@@ -88,6 +158,9 @@ def layer_keep_mask(depth: int, prob_survival: float) -> List[bool]:
 class SpatialGatingUnit(nn.Module):
     """Spatial Gating Unit, eq. (2)-(3) of Liu et al. 2021: s(Z) = Z1 * f_{W,b}(Z2) with
     f(Z) = W Z + b mixing along the sequence (or s(Z) = Z * f(Z) unsplit)."""
+
+    init_after_dense = True
+    """``ZooModel.init_weights`` draws W after every dense layer's weights (see there)."""
 
     def __init__(
         self,
@@ -128,18 +201,17 @@ class SpatialGatingUnit(nn.Module):
         self.bias = nn.Parameter(torch.empty(heads, seq_len))
         if causal:  # lower-triangular 0/1 mask, computed once
             self.register_buffer("causal_mask", torch.ones(seq_len, seq_len).tril(), persistent=False)
-        self.reset_parameters()
+        self.init_weights()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Near-identity gate: W ~ U(-eps/n, eps/n) (W = 0 for eps = 0), b = 1."""
+    def init_weights(self) -> None:
+        """Near-identity gate of eq. (3): W ~ U(-eps/n, eps/n) (W = 0 for eps = 0), b = 1."""
         bound = self.init_eps / self.seq_len
         if bound > 0:
             self.weight.uniform_(-bound, bound)
         else:
             self.weight.zero_()
         self.bias.fill_(1.0)
-        self.norm.reset_parameters()
 
     def spatial(self, gate: Tensor) -> Tensor:
         """f_{W,b}(gate) = W gate + b along the sequence, per head. (N, B, C) -> (N, B, C)."""
@@ -259,38 +331,37 @@ class TinyAttention(nn.Module):
 
 
 class ZooModel(nn.Module):
-    """What every model of the zoo provides: nanoGPT-style init, ``num_params``,
-    ``param_groups`` and (in subclasses) ``flops_per_token``."""
+    """What every model of the zoo provides: the init walk, ``num_params``, ``param_groups``
+    and ``flops_per_token``. Subclasses build ``self.blocks`` and call ``init_weights``."""
 
-    DECAY_MODULES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
+    cfg: "ModelConfig"
+    shape: "TaskShape"
 
     def init_weights(self) -> None:
-        """N(0, 0.02) for Linear/Embedding weights, zero biases, LayerNorm ones/zeros; then
-        every module with its own ``reset_parameters`` scheme (the SGU) re-inits itself."""
-        self.apply(self._init_weights)
-        for m in self.modules():
-            if isinstance(m, SpatialGatingUnit):
-                m.reset_parameters()
+        """Each module initialises its own parameters: its ``init_weights()`` if it has one,
+        else :func:`init_dense` (torch's Linear / Embedding / LayerNorm), visited depth-first
+        by one :func:`named_apply`. Modules with ``init_after_dense`` (the SGU) are called
+        after the walk, in module order: every dense draw comes first, the order of draws
+        the models have always used, so a seeded model is the same as before."""
+        after: List[nn.Module] = []
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
-            if module.weight is not None:
-                nn.init.ones_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        def init(module: nn.Module, name: str) -> None:
+            own = getattr(module, "init_weights", None)
+            if getattr(module, "init_after_dense", False):
+                after.append(module)
+            elif callable(own):
+                own()
+            else:
+                init_dense(module)
+
+        named_apply(init, self)
+        for module in after:
+            module.init_weights()
 
     def _build_io(self, cfg: ModelConfig, shape: TaskShape) -> int:
-        """Create the input embedding (``tok_emb`` or ``patch_embed``) and the layer-drop
-        flag; return the head's output size (vocab or classes)."""
+        """Create the input embedding (``tok_emb`` or ``patch_embed``); return the head's
+        output size (vocab or classes)."""
         self.cfg, self.shape, self.seq_len = cfg, shape, shape.seq_len
-        self.layer_drop = cfg.drop_mode == "layer" and cfg.prob_survival < 1.0
         if shape.kind == "tokens":
             self.tok_emb = nn.Embedding(shape.vocab_size, cfg.dim)
             return shape.vocab_size
@@ -306,38 +377,26 @@ class ZooModel(nn.Module):
         if n > self.seq_len:
             raise ValueError(f"sequence of {n} tokens > seq_len={self.seq_len}")
 
-    def _run_blocks(self, h: Tensor) -> Tensor:
-        """Apply ``self.blocks``; in training with ``drop_mode=layer``, skip dropped blocks."""
-        if self.layer_drop and self.training:
-            keep = layer_keep_mask(len(self.blocks), self.cfg.prob_survival)
-            for block, k in zip(self.blocks, keep):
-                if k:
-                    h = block(h)
-            return h
-        for block in self.blocks:
-            h = block(h)
-        return h
-
     def num_params(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def param_groups(self, weight_decay: float) -> List[Dict]:
-        """AdamW parameter groups: 2-D+ weights of Linear/Conv/Embedding decay; biases,
-        norms and the SGU's spatial weight and bias do not."""
+        """AdamW parameter groups, one rule for every architecture: the weights of
+        ``nn.Linear`` layers and the token embedding decay; everything else (biases, norms,
+        position embeddings and biases, the SGU's spatial weight and bias) does not."""
+        decay_ids = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        if hasattr(self, "tok_emb"):
+            decay_ids.add(id(self.tok_emb.weight))
         decay, no_decay = [], []
-        for module in self.modules():
-            for name, p in module.named_parameters(recurse=False):
-                if not p.requires_grad:
-                    continue
-                if isinstance(module, self.DECAY_MODULES) and name == "weight" and p.ndim >= 2:
-                    decay.append(p)
-                else:
-                    no_decay.append(p)
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if id(p) in decay_ids else no_decay).append(p)
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
-    def flops_per_token(self) -> float:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def flops_per_token(self) -> float:
+        """Analytic forward FLOPs per token (patch) at full seq_len (see ``flops``)."""
+        return flops.flops_per_token(self.cfg, self.shape)
