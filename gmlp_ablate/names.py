@@ -75,6 +75,15 @@ REPORT_ARTIFACT_PATH = "report"
 """Where the report is attached on the sweep's parent run."""
 
 # --------------------------------------------------------------------------------------
+# Metrics and params logged on trial runs that other sides look up by name
+# --------------------------------------------------------------------------------------
+
+METRIC_PARAMS = "model/params"
+"""Metric: the model's parameter count (logged at step 0)."""
+PARAM_SEED = "seed"
+"""Param: the trial's seed (the trial config's top-level ``seed`` key, logged as a dotted param)."""
+
+# --------------------------------------------------------------------------------------
 # Names that become paths
 # --------------------------------------------------------------------------------------
 

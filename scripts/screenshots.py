@@ -13,30 +13,36 @@ The README's two screenshots (docs/) were taken with
     python -m analysis.report sgu_split
     python scripts/screenshots.py report reports/sgu_split --out docs/report.png --height 2200
 
-Needs ``chromium`` (Debian: ``apt-get install -y chromium``). Chromium runs with a fresh
-profile and no network features; the MLflow server it talks to listens on 127.0.0.1 only.
-Exits 2 with one line when Chromium, the report or the experiment is missing.
+Needs ``chromium`` (Debian: ``apt-get install -y chromium``) and Playwright's Python package
+(the ``dev`` extra: ``pip install -e '.[dev]'``). Playwright drives the system Chromium, so
+no browser is downloaded (never run ``playwright install`` for this). Chromium runs with a
+fresh profile and no network features; the MLflow server it talks to listens on 127.0.0.1
+only. Exits 2 with one line when Chromium, Playwright, the report or the experiment is
+missing, or when the page does not show what it should.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, List, Optional, Tuple
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars")
+from gmlp_ablate.names import METRIC_PARAMS, PARAM_SEED, PARENT, TAG_FACTORS, TAG_METRIC, TAG_PARENT_RUN, TAG_ROLE
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars")
+HIDDEN_COLUMNS = ("Dataset", "Source", "Models")
+"""Default columns of the MLflow runs table that stay empty for sweep runs."""
 
 
 class ScreenshotError(RuntimeError):
@@ -44,27 +50,63 @@ class ScreenshotError(RuntimeError):
 
 
 def _chromium() -> str:
+    """The system Chromium's executable."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         raise ScreenshotError("chromium is not installed (apt-get install -y chromium)")
     return exe
 
 
+class _Browser:
+    """Headless system Chromium driven by Playwright; one page of ``width`` x ``height`` CSS pixels.
+
+    Playwright's errors (a timeout, a crashed browser) come out as ScreenshotError."""
+
+    def __init__(self, width: int, height: int):
+        self.exe, self.width, self.height = _chromium(), width, height
+        try:
+            from playwright.sync_api import Error, sync_playwright
+        except ImportError:
+            raise ScreenshotError("playwright is not installed (pip install -e '.[dev]')") from None
+        self._error, self._start = Error, sync_playwright
+
+    def __enter__(self) -> Any:
+        self._pw = self._start().start()
+        try:
+            self._browser = self._pw.chromium.launch(executable_path=self.exe, headless=True, args=list(CHROMIUM_FLAGS))
+            return self._browser.new_page(viewport={"width": self.width, "height": self.height}, device_scale_factor=1)
+        except self._error as e:
+            self._pw.stop()
+            raise ScreenshotError(f"chromium ({self.exe}) did not start: {_first_line(e)}") from None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        try:
+            self._browser.close()
+        finally:
+            self._pw.stop()
+        if exc is not None and isinstance(exc, self._error):
+            raise ScreenshotError(_first_line(exc)) from None
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def screenshot(html: Path, out: Path, width: int = 1280, height: int = 2000, timeout: float = 120.0) -> Path:
     """Render the static page ``html`` at ``width`` x ``height`` CSS pixels into the PNG ``out``."""
-    exe = _chromium()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
-               f"--window-size={width},{height}", html.resolve().as_uri()]
-        subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    with _Browser(width, height) as page:
+        page.goto(html.resolve().as_uri(), wait_until="load", timeout=timeout * 1000)
+        page.screenshot(path=str(out), timeout=timeout * 1000)
     if not out.is_file():
         raise ScreenshotError(f"chromium wrote no screenshot for {html}")
     return out
 
 
 # --------------------------------------------------------------------------------------
-# The MLflow UI: a single-page app, so it is driven over the DevTools protocol.
+# The MLflow UI: a single-page app behind a real `mlflow server`
 # --------------------------------------------------------------------------------------
 
 
@@ -87,135 +129,106 @@ def _wait_http(url: str, timeout: float, proc: Optional[subprocess.Popen] = None
     raise ScreenshotError(f"{url} did not answer within {timeout:.0f} s")
 
 
-class _CDP:
-    """A minimal DevTools-protocol client over one page's websocket (aiohttp, an MLflow dependency)."""
-
-    def __init__(self, ws: Any):
-        self.ws, self.n = ws, 0
-
-    async def call(self, method: str, **params: Any) -> Dict[str, Any]:
-        self.n += 1
-        await self.ws.send_str(json.dumps({"id": self.n, "method": method, "params": params}))
-        while True:
-            msg = json.loads((await self.ws.receive()).data)
-            if msg.get("id") == self.n:
-                if "error" in msg:
-                    raise ScreenshotError(f"{method}: {msg['error'].get('message')}")
-                return msg.get("result", {})
-
-    async def js(self, expr: str) -> Any:
-        res = await self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
-        return res.get("result", {}).get("value")
-
-    async def wait_js(self, expr: str, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await self.js(expr)
-            if value:
-                return value
-            await asyncio.sleep(0.5)
-        raise ScreenshotError(f"the MLflow UI did not show {what} within {timeout:.0f} s")
+def _exactly(text: str) -> "re.Pattern[str]":
+    return re.compile(rf"^\s*{re.escape(text)}\s*$")
 
 
-# Expand the row of a run named `name` in the runs table: its expander is the first button of
-# the row that holds the run's name link.
-_EXPAND_JS = """
-(() => {
-  const link = [...document.querySelectorAll('a')].find(a => a.textContent.trim() === %s);
-  if (!link) return false;
-  let row = link;
-  for (let i = 0; i < 12 && row && !row.querySelector('button'); i++) row = row.parentElement;
-  const button = row && row.querySelector('button');
-  if (!button) return false;
-  button.click();
-  return true;
-})()
-"""
+def _run_link(page: Any, run_name: str) -> Any:
+    """The link, in the runs table, to the run named ``run_name``."""
+    return page.locator("a").filter(has_text=_exactly(run_name)).first
 
 
-# The runs page of a training experiment without the side panels a first visit opens: pick
-# the "Model training" view and close the assistant panel, where they are shown.
-_TIDY_JS = """
-(() => {
-  const done = [];
-  const training = [...document.querySelectorAll('[role=button], button')]
-    .find(b => b.textContent.trim() === 'Model training');
-  if (training) { training.click(); done.push('training'); }
-  let panel = document.querySelector('button[aria-label="New Chat"]');
-  for (let i = 0; i < 8 && panel; i++) {
-    const close = panel.querySelector && panel.querySelector('button[aria-label="Close"]');
-    if (close) { close.click(); done.push('assistant'); break; }
-    panel = panel.parentElement;
-  }
-  return done.join(',');
-})()
-"""
+def _wait_shown(page: Any, run_name: str, what: str, timeout: float) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        _run_link(page, run_name).wait_for(state="visible", timeout=timeout * 1000)
+    except PlaywrightTimeout:
+        raise ScreenshotError(f"the MLflow UI did not show {what} within {timeout:.0f} s") from None
 
 
-# Show the given columns and hide the empty default ones through the "Columns" selector:
-# a tree of group headers ("Metrics (10)", "Parameters (49)", "Tags (37)") and their items.
-_COLUMNS_JS = """
-(async (wanted, hidden) => {
-  const button = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Columns');
-  if (!button) return 'no Columns button';
-  button.click();
-  await new Promise(r => setTimeout(r, 1000));
+def _tidy(page: Any) -> None:
+    """The runs page of a training experiment without the side panels a first visit opens:
+    pick the "Model training" view and close the assistant panel, where they are shown."""
+    training = page.locator("button, [role=button]").filter(has_text=_exactly("Model training"))
+    if training.count():
+        training.first.click()
+    new_chat = page.locator('button[aria-label="New Chat"]')
+    if new_chat.count():
+        # the innermost element holding both the panel's "New Chat" and its "Close" button
+        panel = page.locator("div").filter(has=new_chat).filter(has=page.locator('button[aria-label="Close"]')).last
+        if panel.count():
+            panel.locator('button[aria-label="Close"]').first.click()
+
+
+# In the "Columns" selector, a tree of group headers ("Metrics (10)", "Parameters (49)",
+# "Tags (37)") each followed by its items: tick the wanted [group, item] pairs and untick the
+# hidden items. Returns what it toggled.
+_TOGGLE_COLUMNS_JS = """
+([wanted, hidden]) => {
   const nodes = [...document.querySelectorAll('.du-bois-light-tree-treenode')];
   const label = n => n.textContent.trim();
   const toggle = n => { const c = n.querySelector('.du-bois-light-tree-checkbox'); if (c) c.click(); return !!c; };
   const done = [];
   for (const [group, name] of wanted) {
     const start = nodes.findIndex(n => label(n).startsWith(group + ' ('));
-    const node = nodes.slice(start + 1).find(n => label(n) === name);
-    if (start >= 0 && node && toggle(node)) done.push(name);
+    const node = start >= 0 ? nodes.slice(start + 1).find(n => label(n) === name) : undefined;
+    if (node && toggle(node)) done.push(name);
   }
   for (const name of hidden) {
     const node = nodes.find(n => label(n) === name);
     if (node && toggle(node)) done.push('-' + name);
   }
-  return done.join(',');
-})
+  return done;
+}
 """
 
 
-async def _shoot_ui(debug_port: int, url: str, parent_name: str, child_name: str, columns: list, out: Path,
-                    width: int, height: int, timeout: float) -> None:
-    import aiohttp
-
-    pages = json.loads(_wait_http(f"http://127.0.0.1:{debug_port}/json/list", timeout))
-    page = next(p for p in pages if p.get("type") == "page")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            cdp = _CDP(ws)
-            await cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                           mobile=False)
-            await cdp.call("Page.enable")
-            await cdp.call("Page.navigate", url=url)
-            def shown(run_name: str) -> str:  # JS: is a link with this run name on the page?
-                return f"[...document.querySelectorAll('a')].some(a => a.textContent.trim() === {json.dumps(run_name)})"
-
-            await cdp.wait_js(shown(parent_name), timeout, f"the parent run {parent_name!r}")
-            await cdp.js(_TIDY_JS)  # may re-render the page: wait for the run again
-            await cdp.wait_js(shown(parent_name), timeout, f"the parent run {parent_name!r}")
-            if columns:
-                await cdp.js(f"({_COLUMNS_JS})({json.dumps(columns)}, {json.dumps(['Dataset', 'Source', 'Models'])})")
-                for kind in ("keyDown", "keyUp"):  # close the selector
-                    await cdp.call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape",
-                                   windowsVirtualKeyCode=27)
-                await cdp.wait_js("!document.querySelector('.du-bois-light-tree-treenode')", timeout,
-                                  "the runs table after closing the column selector")
-            if child_name:
-                if not await cdp.js(shown(child_name)):
-                    await cdp.js(_EXPAND_JS % json.dumps(parent_name))
-                await cdp.wait_js(shown(child_name), timeout,
-                                  f"the nested trial run {child_name!r} after expanding the parent")
-            await asyncio.sleep(1.5)  # let the table finish laying out
-            shot = await cdp.call("Page.captureScreenshot", format="png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(base64.b64decode(shot["data"]))
+def _show_columns(page: Any, columns: List[List[str]], timeout: float) -> None:
+    """Show ``columns`` ([group, name] pairs) and hide the empty default ones."""
+    button = page.locator("button").filter(has_text=_exactly("Columns"))
+    if not button.count():
+        return
+    button.first.click()
+    tree = page.locator(".du-bois-light-tree-treenode")
+    tree.first.wait_for(state="attached", timeout=timeout * 1000)  # its first node is a hidden measuring one
+    page.evaluate(_TOGGLE_COLUMNS_JS, [columns, list(HIDDEN_COLUMNS)])
+    page.keyboard.press("Escape")  # close the selector
+    tree.first.wait_for(state="detached", timeout=timeout * 1000)
 
 
-def _runs_to_show(tracking_uri: str, experiment: str) -> tuple:
+def _expand(page: Any, parent_name: str) -> None:
+    """Click the expander of the parent run's row: the first button of the row holding its link.
+    A DOM click, not the mouse, so the screenshot shows no hover or focus on that row."""
+    link = _run_link(page, parent_name)
+    row = page.locator("[role=row]").filter(has=link)
+    if row.count():
+        row.first.locator("button").first.dispatch_event("click")
+    else:  # no ARIA rows: the nearest ancestor of the link that holds a button
+        link.evaluate("a => { let r = a; while (r && !r.querySelector('button')) r = r.parentElement;"
+                      " if (r) r.querySelector('button').click(); }")
+
+
+def _shoot_ui(url: str, parent_name: str, child_name: str, columns: List[List[str]], out: Path,
+              width: int, height: int, timeout: float) -> None:
+    with _Browser(width, height) as page:
+        page.goto(url, timeout=timeout * 1000)
+        _wait_shown(page, parent_name, f"the parent run {parent_name!r}", timeout)
+        _tidy(page)  # may re-render the page: wait for the run again
+        _wait_shown(page, parent_name, f"the parent run {parent_name!r}", timeout)
+        if columns:
+            _show_columns(page, columns, timeout)
+        if child_name:
+            if not _run_link(page, child_name).is_visible():
+                _expand(page, parent_name)
+            _wait_shown(page, child_name, f"the nested trial run {child_name!r} after expanding the parent", timeout)
+        page.mouse.move(0, 0)  # no hover effect from an earlier click
+        page.wait_for_timeout(1500)  # let the table finish laying out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), timeout=timeout * 1000)
+
+
+def _runs_to_show(tracking_uri: str, experiment: str) -> Tuple[str, str, str, List[List[str]]]:
     """(experiment id, latest parent run name, name of one of its trial runs, columns to
     show: the sweep's metric, parameter count, factors and seed)."""
     from mlflow.tracking import MlflowClient
@@ -224,20 +237,20 @@ def _runs_to_show(tracking_uri: str, experiment: str) -> tuple:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ScreenshotError(f"no experiment '{experiment}' in {tracking_uri}")
-    parents = client.search_runs([exp.experiment_id], "tags.`gmlp_ablate.role` = 'parent'",
+    parents = client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = '{PARENT}'",
                                  order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise ScreenshotError(f"experiment '{experiment}' has no sweep parent run in {tracking_uri}")
     parent = parents[0]
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    children = client.search_runs([exp.experiment_id], f"tags.`{TAG_PARENT_RUN}` = '{parent.info.run_id}'",
                                   max_results=1)
     tags = parent.data.tags
     try:
-        factors = [str(f) for f in json.loads(tags.get("factors", "[]"))]
+        factors = [str(f) for f in json.loads(tags.get(TAG_FACTORS, "[]"))]
     except ValueError:
         factors = []
-    columns = ([["Metrics", tags["metric"]]] if tags.get("metric") else []) + [["Metrics", "model/params"]]
-    columns += [["Parameters", f] for f in factors] + [["Parameters", "seed"]]
+    columns = ([["Metrics", tags[TAG_METRIC]]] if tags.get(TAG_METRIC) else []) + [["Metrics", METRIC_PARAMS]]
+    columns += [["Parameters", f] for f in factors] + [["Parameters", PARAM_SEED]]
     return exp.experiment_id, parent.info.run_name, (children[0].info.run_name if children else ""), columns
 
 
@@ -245,26 +258,17 @@ def mlflow_ui_screenshot(experiment: str, out: Path, tracking_uri: str, width: i
                          timeout: float = 90.0) -> Path:
     """Start ``mlflow server`` on 127.0.0.1 for ``tracking_uri``, open the experiment's runs
     page in headless Chromium, expand its latest parent run and save the page as a PNG."""
-    exe = _chromium()
+    _chromium()  # before starting a server for nothing
     exp_id, parent_name, child_name, columns = _runs_to_show(tracking_uri, experiment)
-    port, debug_port = _free_port(), _free_port()
+    port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    browser = None
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", timeout, server)
-        with tempfile.TemporaryDirectory() as profile:
-            browser = subprocess.Popen([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                        f"--remote-debugging-port={debug_port}", f"--window-size={width},{height}",
-                                        "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
-            asyncio.run(_shoot_ui(debug_port, url, parent_name, child_name, columns, out, width, height, timeout))
-            browser.terminate()
-            browser.wait(timeout=20)
+        url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
+        _shoot_ui(url, parent_name, child_name, columns, out, width, height, timeout)
     finally:
-        if browser is not None and browser.poll() is None:
-            browser.kill()
         try:
             os.killpg(server.pid, 15)
         except ProcessLookupError:

@@ -312,40 +312,54 @@ def test_cli_no_store(tmp_path):
 
 
 # ------------------------------------------------------------------- browser check
+# scripts/screenshots.py drives the system Chromium through Playwright (the dev extra).
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no system Chromium (`chromium` not on PATH; Debian: apt-get install -y chromium)")
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="chromium not installed")
-def test_report_html_renders_in_chromium(report, tmp_path):
+def _screenshots(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "screenshots.py"), *args],
+                          capture_output=True, text=True, timeout=240)
+
+
+def _colours(png: Path, size: tuple, thumb: tuple) -> int:
+    """Distinct colours of a thumbnail of ``png`` (checked to be ``size`` pixels): text, tables
+    and figures give many, a blank or error page a handful."""
     from PIL import Image
 
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    with Image.open(png) as im:
+        assert im.size == size
+        colours = im.convert("RGB").resize(thumb).getcolors(thumb[0] * thumb[1])
+    return len(colours or ())
+
+
+@needs_chromium
+def test_report_html_renders_in_chromium(report, tmp_path):
     shot = tmp_path / "report.png"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
-           f"--screenshot={shot}", "--window-size=1280,2000", (report / "report.html").as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=120)
-    assert shot.is_file()
-    with Image.open(shot) as im:
-        assert im.size == (1280, 2000)
-        colours = im.convert("RGB").resize((64, 100)).getcolors(64 * 100)
-    assert colours is not None and len(colours) > 20  # text, tables and figures, not a blank page
+    res = _screenshots("report", str(report), "--out", str(shot), "--height", "2000")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(shot)
+    assert _colours(shot, (1280, 2000), (64, 100)) > 20
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="chromium not installed")
+@needs_chromium
 def test_mlflow_ui_shows_the_sweep_as_a_parent_run_with_nested_trials(store, tmp_path):
     """The README's screenshot script against a real `mlflow server` on 127.0.0.1: it fails
     unless the UI lists the parent run and, once that row is expanded, a trial nested in it."""
-    from PIL import Image
-
     shot = tmp_path / "ui.png"
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshots.py"), "mlflow-ui", NAME,
-                          "--tracking-uri", store["uri"], "--out", str(shot), "--height", "700"],
-                         capture_output=True, text=True, timeout=240)
+    res = _screenshots("mlflow-ui", NAME, "--tracking-uri", store["uri"], "--out", str(shot), "--height", "700")
     assert res.returncode == 0, res.stderr
-    with Image.open(shot) as im:
-        assert im.size == (1600, 700)
-        colours = im.convert("RGB").resize((80, 35)).getcolors(80 * 35)
-    assert colours is not None and len(colours) > 20
+    assert _colours(shot, (1600, 700), (80, 35)) > 20
+
+
+@needs_chromium
+def test_mlflow_ui_unknown_experiment_exits_2(store, tmp_path):
+    res = _screenshots("mlflow-ui", "no_such_sweep", "--tracking-uri", store["uri"], "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"screenshots: error: no experiment 'no_such_sweep' in {store['uri']}"
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_curves_through_the_public_api_match_the_sql_path(store, monkeypatch):
