@@ -183,15 +183,17 @@ class Plan:
         return self.nominal[remaining - 1][look]
 
 
-def looks_for(initial: int, maximum: int, step: Optional[int] = None) -> Tuple[int, ...]:
-    """``initial``, then ``step`` more seeds per round (default ``initial``), ending at ``maximum``."""
-    step = step or initial
+def looks_for(initial: int, maximum: int, step: int = 1) -> Tuple[int, ...]:
+    """``initial``, then ``step`` more seeds per round, ending at ``maximum`` (the looks of the
+    sweep file's ``seeds: {initial, max, step}``)."""
+    if not (isinstance(step, int) and step >= 1):
+        raise ValueError(f"step must be an integer >= 1; got {step!r}")
     looks = list(range(initial, maximum, step)) + [maximum]
     return tuple(dict.fromkeys(looks))
 
 
 def plan(initial: int, maximum: int, alpha: float = 0.05, boundary: str = "obrien-fleming", family_size: int = 1,
-         step: Optional[int] = None) -> Plan:
+         step: int = 1) -> Plan:
     """The design of a sweep: looks at ``initial``, ``initial + step``, ... ``maximum`` seeds,
     the family-wise ``alpha`` over ``family_size`` comparisons, Pocock or O'Brien-Fleming spending."""
     if not (isinstance(initial, int) and isinstance(maximum, int)) or not 2 <= initial <= maximum:
@@ -252,15 +254,22 @@ def decide(plan: Plan, differences: Mapping[str, Sequence[float]], look: int) ->
 # --------------------------------------------------------------------------------------
 
 
+def _t_power(nc: float, df: int, alpha: float) -> float:
+    """P(|T| > t_{1-alpha/2, df}) for T noncentral t with noncentrality ``nc``; the normal
+    approximation where scipy's noncentral t gives no finite value (very large ``nc``)."""
+    crit = sps.t.isf(alpha / 2.0, df)
+    p = float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    if not math.isfinite(p):
+        p = float(sps.norm.sf(crit - nc) + sps.norm.cdf(-crit - nc))
+    return min(max(p, 0.0), 1.0)
+
+
 def paired_power(effect_size: float, n: int, alpha: float) -> float:
     """Power of the two-sided paired t-test with ``n`` seeds for a standardised effect
     (mean difference / sd of the differences), from the noncentral t distribution."""
     if n < 2:
         return 0.0
-    df = n - 1
-    crit = sps.t.isf(alpha / 2.0, df)
-    nc = effect_size * math.sqrt(n)
-    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    return _t_power(effect_size * math.sqrt(n), n - 1, alpha)
 
 
 def welch_power(effect_size: float, n: int, alpha: float) -> float:
@@ -268,10 +277,7 @@ def welch_power(effect_size: float, n: int, alpha: float) -> float:
     standardised effect (mean difference / pooled sd)."""
     if n < 2:
         return 0.0
-    df = 2 * n - 2
-    crit = sps.t.isf(alpha / 2.0, df)
-    nc = effect_size * math.sqrt(n / 2.0)
-    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    return _t_power(effect_size * math.sqrt(n / 2.0), 2 * n - 2, alpha)
 
 
 def seeds_needed(effect_size: float, alpha: float, power: float = 0.8, paired: bool = True,
@@ -283,7 +289,7 @@ def seeds_needed(effect_size: float, alpha: float, power: float = 0.8, paired: b
     fn = paired_power if paired else welch_power
     if fn(abs(effect_size), limit, alpha) < power:
         return None
-    lo, hi = 2, limit
+    lo, hi = 2, limit  # power grows with n: the first n that reaches it
     while lo < hi:
         mid = (lo + hi) // 2
         if fn(abs(effect_size), mid, alpha) >= power:

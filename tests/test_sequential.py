@@ -51,6 +51,20 @@ def test_t_thresholds_approach_the_z_boundaries_with_many_seeds():
     assert nominal_t == pytest.approx(nominal_z, rel=0.08)
 
 
+def test_power_matches_simulation_and_seeds_needed_is_the_smallest_sufficient_n():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20_000, 10)) + 0.8
+    simulated = (sps.ttest_1samp(x, 0, axis=1).pvalue < 0.05).mean()
+    assert sq.paired_power(0.8, 10, 0.05) == pytest.approx(simulated, abs=0.015)
+    y = rng.standard_normal((20_000, 8))
+    simulated = (sps.ttest_ind(x[:, :8] - 0.8 + 1.2, y, axis=1).pvalue < 0.05).mean()
+    assert sq.welch_power(1.2, 8, 0.05) == pytest.approx(simulated, abs=0.015)
+    n = sq.seeds_needed(0.8, 0.05, 0.8)
+    assert sq.paired_power(0.8, n, 0.05) >= 0.8 > sq.paired_power(0.8, n - 1, 0.05)
+    assert sq.seeds_needed(2.68, 0.025, 0.8, paired=False) == 5  # large effects: no NaN from the noncentral t
+    assert sq.seeds_needed(0.0, 0.05) is None and sq.seeds_needed(0.01, 0.05) is None  # > 1000 seeds
+
+
 def test_paired_p_equals_scipy_ttest_rel_and_handles_no_spread():
     a = np.array([1.0, 1.3, 0.9, 1.25, 1.1])
     b = np.array([1.2, 1.35, 1.0, 1.5, 1.15])
@@ -65,7 +79,8 @@ def test_paired_p_equals_scipy_ttest_rel_and_handles_no_spread():
 def test_plan_validates_its_input_and_a_fixed_design_is_one_look_at_alpha():
     p = sq.plan(5, 5, 0.05, "pocock", family_size=2)
     assert p.looks == (5,) and p.threshold(0, 2) == 0.025 and p.threshold(0, 1) == 0.05
-    assert sq.looks_for(3, 10) == (3, 6, 9, 10) and sq.looks_for(3, 10, step=2) == (3, 5, 7, 9, 10)
+    assert sq.looks_for(3, 7) == (3, 4, 5, 6, 7) and sq.looks_for(3, 10, step=2) == (3, 5, 7, 9, 10)
+    assert sq.looks_for(3, 10, step=3) == (3, 6, 9, 10) and sq.plan(3, 10, step=3).looks == (3, 6, 9, 10)
     for bad in [dict(initial=1, maximum=5), dict(initial=6, maximum=5), dict(initial=3, maximum=5, alpha=1.5),
                 dict(initial=3, maximum=5, boundary="x"), dict(initial=3, maximum=5, family_size=0)]:
         with pytest.raises(ValueError):
@@ -75,7 +90,7 @@ def test_plan_validates_its_input_and_a_fixed_design_is_one_look_at_alpha():
 
 
 def test_decide_resolves_a_clear_difference_and_continues_on_noise():
-    p = sq.plan(3, 9, 0.05, "pocock", family_size=2)
+    p = sq.plan(3, 9, 0.05, "pocock", family_size=2, step=3)
     clear = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0]
     noise = [0.1, -0.2, 0.05, -0.1, 0.15, -0.05]
     d = sq.decide(p, {"clear": clear, "noise": noise}, 1)
@@ -110,13 +125,13 @@ def _simulate(plan: sq.Plan, effect: float, sweeps: int, rng: np.random.Generato
 def test_null_sweeps_keep_the_family_wise_error_at_alpha(boundary):
     t0 = time.perf_counter()
     alpha, sweeps = 0.05, 2000
-    plan = sq.plan(3, 10, alpha, boundary, family_size=2)
+    plan = sq.plan(3, 10, alpha, boundary, family_size=2)  # a look after every added seed: 8 looks
     rng = np.random.default_rng(7)
     fwer, _, seeds = _simulate(plan, 0.0, sweeps, rng)
     mc = math.sqrt(alpha * (1 - alpha) / sweeps)
-    _, power, seeds_power = _simulate(plan, 1.5, 300, rng)
+    _, power, seeds_power = _simulate(plan, 2.0, 300, rng)
     print(f"\n{boundary}: looks {plan.looks}; null: family-wise false resolutions {fwer:.4f} "
-          f"(alpha {alpha}, MC sd {mc:.4f}), mean seeds {seeds:.1f}; effect 1.5 sd: power {power:.2f}, "
+          f"(alpha {alpha}, MC sd {mc:.4f}), mean seeds {seeds:.1f}; effect 2 sd: power {power:.2f}, "
           f"mean seeds {seeds_power:.1f}; {time.perf_counter() - t0:.1f} s")
     assert fwer <= alpha + 2 * mc
     assert power > 0.5  # a real effect of one spread resolves most of the time
