@@ -29,6 +29,12 @@ INFO_DEVICE = "device"
 # Metric name prefixes: val/* selects (tuning, early decisions), test/* reports.
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 
+
+def split_metric(split: str, name: str) -> str:
+    """The key of a held-out metric: ``split_metric(SPLIT_TEST, "loss") == "test/loss"``."""
+    return f"{split}/{name}"
+
+
 # --------------------------------------------------------------------------------------
 # MLflow tags written by gmlp_ablate.tracking and read by analysis.load
 # --------------------------------------------------------------------------------------
@@ -80,6 +86,20 @@ REPORT_ARTIFACT_PATH = "report"
 
 METRIC_PARAMS = "model/params"
 """Metric: the model's parameter count (logged at step 0)."""
+METRIC_FLOPS = "model/flops_per_token"
+"""Metric: the model's analytic forward FLOPs per token (logged at step 0)."""
+METRIC_TRAIN_LOSS = "train/loss"
+"""Metric: mean training loss over the steps since the last report."""
+METRIC_TRAIN_LR = "train/lr"
+"""Metric: the learning rate of the last step reported."""
+METRIC_TOKENS_PER_S = "perf/tokens_per_s"
+"""Metric: training throughput over the steps since the last report."""
+METRIC_TOKENS_PER_S_MEAN = "perf/tokens_per_s_mean"
+"""Final result: training throughput over the whole run."""
+METRIC_TRAIN_TIME_S = "perf/train_time_s"
+"""Final result: seconds spent in training steps (evaluations excluded)."""
+METRIC_TOTAL_TIME_S = "time/total_s"
+"""Final result: seconds of the whole ``train()`` call (building the task and model included)."""
 PARAM_SEED = "seed"
 """Param: the trial's seed (the trial config's top-level ``seed`` key, logged as a dotted param)."""
 

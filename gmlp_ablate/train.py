@@ -1,9 +1,11 @@
 """One trial: ``train(cfg, report=callback) -> final metrics``.
 
 AdamW with decoupled weight decay on matrices only, linear warmup + cosine decay, global
-gradient clipping, evaluation on a fixed held-out set every ``eval_every`` steps and at the
-end, bf16 autocast on CUDA, optional ``torch.compile``. Data batches are a pure function of
-(seed, step), so a checkpoint (model, optimizer, step, RNG states) resumes the exact curve.
+gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``. The task's val set is
+scored every ``eval_every`` steps and at the last step (``val/*``: what selection reads);
+its test set once, at the last step (``test/*``: what reports compare), never before. Data
+batches are a pure function of (seed, step), so a checkpoint (model, optimizer, step, RNG
+states) resumes the exact curve.
 
 This module imports neither Ray nor MLflow: progress goes to ``report(metrics, step,
 checkpoint)``. Metric values are floats; ``info.*`` keys carry strings (device, corpus hash).
@@ -19,11 +21,21 @@ import time
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
 
-from gmlp_ablate.config import TrialConfig, semantic_dict, to_dict, trial_key
-from gmlp_ablate.tasks.base import IGNORE_INDEX
+    from gmlp_ablate.names import (INFO_DEVICE, INFO_PREFIX, INFO_RESUMED_FROM_STEP, METRIC_FLOPS, METRIC_PARAMS,
+                                   METRIC_TOKENS_PER_S, METRIC_TOKENS_PER_S_MEAN, METRIC_TOTAL_TIME_S,
+                                   METRIC_TRAIN_LOSS, METRIC_TRAIN_LR, METRIC_TRAIN_TIME_S, SPLIT_TEST, SPLIT_VAL)
+    from gmlp_ablate.schema import ConfigError, semantic_dict
+    from gmlp_ablate.tasks.rules import IGNORE_INDEX
+    from gmlp_ablate.trial import TrialConfig, to_dict, trial_key
+except KeyboardInterrupt:  # Ctrl-C while the command line starts: as quiet as the rest of it
+    if __name__ != "__main__":
+        raise
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 Report = Callable[[Dict[str, Any], int, Optional[str]], None]
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -37,16 +49,23 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite training loss ({value}) at step {step}")
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, then MPS, then CPU."""
+    """``auto``: CUDA, then MPS, then CPU. ConfigError (``train.device``) for a device that
+    is not there."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+        raise ConfigError("train.device", "cuda, but no CUDA device is visible on this machine (use auto or cpu)")
+    if name == "mps" and not _mps_available():
+        raise ConfigError("train.device", "mps, but MPS is not available on this machine (use auto or cpu)")
     return torch.device(name)
 
 
@@ -81,11 +100,12 @@ def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tens
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Any, device: torch.device, amp: Optional[torch.dtype],
-             batch_size: int) -> Dict[str, float]:
-    """Mean loss and accuracy over the task's whole fixed validation set -> task metrics."""
+             batch_size: int, split: str = SPLIT_VAL) -> Dict[str, float]:
+    """Mean loss and accuracy over one of the task's whole fixed held-out sets (``val`` or
+    ``test``) -> its metrics (``<split>/loss``, ...)."""
     was_training = model.training
     model.eval()
-    x_all, y_all = task.val_set()
+    x_all, y_all = task.held_out(split)
     tot_loss = torch.zeros((), device=device, dtype=torch.float64)
     tot_correct = torch.zeros((), device=device, dtype=torch.int64)
     tot_n = torch.zeros((), device=device, dtype=torch.int64)
@@ -100,7 +120,7 @@ def evaluate(model: torch.nn.Module, task: Any, device: torch.device, amp: Optio
         tot_n += n
     model.train(was_training)
     n = max(int(tot_n.item()), 1)
-    return task.derived_metrics(float(tot_loss.item()) / n, int(tot_correct.item()) / n)
+    return task.derived_metrics(float(tot_loss.item()) / n, int(tot_correct.item()) / n, split)
 
 
 def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
@@ -126,11 +146,21 @@ def save_checkpoint(path: str, model: torch.nn.Module, opt: torch.optim.Optimize
     os.replace(tmp, path)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint given to resume from was written by another trial."""
+
+
+def checkpoint_file(resume_from: str) -> str:
+    """The checkpoint file to resume from: ``resume_from`` itself, or the one in that folder."""
+    return os.path.join(resume_from, CHECKPOINT_FILE) if os.path.isdir(resume_from) else resume_from
+
+
 def load_checkpoint(path: str, cfg: TrialConfig) -> Dict[str, Any]:
     """Load a checkpoint (tensors only: ``weights_only=True``) and check it is this trial's."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("trial_key") != trial_key(cfg):
-        raise ValueError(f"checkpoint {path} belongs to trial {payload.get('trial_key')}, not {trial_key(cfg)}")
+        raise CheckpointMismatchError(
+            f"checkpoint {path} belongs to trial {payload.get('trial_key')}, not {trial_key(cfg)}")
     payload["history"] = json.loads(payload["history"])
     return payload
 
@@ -147,13 +177,18 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         cfg: the resolved, validated trial config.
         report: called as ``report(metrics, step, checkpoint_path_or_None)`` at step 0 (model
             size, ``info.*``), every ``log_every`` steps (train metrics) and at every
-            evaluation (val metrics, with the checkpoint path when one was just written).
+            evaluation (``val/*``, with the checkpoint path when one was just written); the
+            last step's also carries ``test/*``.
         checkpoint_dir: where to write ``checkpoint.pt`` at each evaluation (and every
             ``checkpoint_every`` steps); None = no checkpoints.
         resume_from: a checkpoint file (or a folder holding one) to continue from.
 
+    Returns:
+        The last ``val/*`` and the ``test/*`` metrics, model size and throughput.
+
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the first such step is in the error).
+        ConfigError: the device is not there, or the task cannot be built from its data.
     """
     from gmlp_ablate.models import build_model
     from gmlp_ablate.tasks import build_task
@@ -177,8 +212,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
     step = 0
     history: Dict[str, Any] = {"val": {}, "train_time_s": 0.0, "train_tokens": 0}
     if resume_from:
-        path = os.path.join(resume_from, CHECKPOINT_FILE) if os.path.isdir(resume_from) else resume_from
-        ck = load_checkpoint(path, cfg)
+        ck = load_checkpoint(checkpoint_file(resume_from), cfg)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
@@ -191,15 +225,16 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
     eval_bs = max(t.batch_size, 64)
 
     info = {
-        "info.device": device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
-        "info.precision": str(amp).replace("torch.", "") if amp else "fp32",
-        "info.torch": torch.__version__,
-        "info.threads": str(torch.get_num_threads()),
-        "info.resumed_from_step": str(step),
-        **{f"info.task.{k}": str(v) for k, v in task.info.items()},
+        INFO_DEVICE: device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
+        "precision": str(amp).replace("torch.", "") if amp else "fp32",
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        INFO_RESUMED_FROM_STEP: str(step),
+        **{f"task.{k}": str(v) for k, v in task.info.items()},
     }
-    size = {"model/params": float(_unwrap(model).num_params()),
-            "model/flops_per_token": float(_unwrap(model).flops_per_token())}
+    info = {f"{INFO_PREFIX}{k}": v for k, v in info.items()}
+    size = {METRIC_PARAMS: float(_unwrap(model).num_params()),
+            METRIC_FLOPS: float(_unwrap(model).flops_per_token())}
     emit({**size, **info}, step, None)
 
     model.train()
@@ -237,15 +272,18 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
             history["train_time_s"] += dt
             history["train_tokens"] += window_tokens
             metrics: Dict[str, Any] = {
-                "train/loss": float(losses.mean()),
-                "train/lr": lr_at(step - 1, cfg),
-                "perf/tokens_per_s": window_tokens / max(dt, 1e-9),
+                METRIC_TRAIN_LOSS: float(losses.mean()),
+                METRIC_TRAIN_LR: lr_at(step - 1, cfg),
+                METRIC_TOKENS_PER_S: window_tokens / max(dt, 1e-9),
             }
             window_losses, window_tokens = [], 0
             checkpoint = None
             if is_eval:
-                history["val"] = evaluate(model, task, device, amp, eval_bs)
+                history["val"] = evaluate(model, task, device, amp, eval_bs, SPLIT_VAL)
                 metrics.update(history["val"])
+            if step == t.steps:  # the end of training: the only place the test split is scored
+                history["test"] = evaluate(model, task, device, amp, eval_bs, SPLIT_TEST)
+                metrics.update(history["test"])
             if checkpoint_dir and (is_eval or (t.checkpoint_every and step % t.checkpoint_every == 0)):
                 os.makedirs(checkpoint_dir, exist_ok=True)
                 checkpoint = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
@@ -253,11 +291,13 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
             emit(metrics, step, checkpoint)
             window_t0 = time.perf_counter()
 
-    final: Dict[str, Any] = dict(history["val"]) if history["val"] else evaluate(model, task, device, amp, eval_bs)
+    # Resumed from the final checkpoint, the loop did not run: the scores come from its history.
+    final: Dict[str, Any] = dict(history["val"]) or evaluate(model, task, device, amp, eval_bs, SPLIT_VAL)
+    final.update(history.get("test") or evaluate(model, task, device, amp, eval_bs, SPLIT_TEST))
     final.update(size)
-    final["perf/tokens_per_s_mean"] = history["train_tokens"] / max(history["train_time_s"], 1e-9)
-    final["perf/train_time_s"] = history["train_time_s"]
-    final["time/total_s"] = time.perf_counter() - t_start
+    final[METRIC_TOKENS_PER_S_MEAN] = history["train_tokens"] / max(history["train_time_s"], 1e-9)
+    final[METRIC_TRAIN_TIME_S] = history["train_time_s"]
+    final[METRIC_TOTAL_TIME_S] = time.perf_counter() - t_start
     return final
 
 
@@ -267,7 +307,8 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
 
 
 def _help_keys() -> str:
-    from gmlp_ablate.config import TRIAL_KEYS, TrialConfig, field_docs
+    from gmlp_ablate.schema import field_docs
+    from gmlp_ablate.trial import TRIAL_KEYS
 
     defaults = to_dict(TrialConfig())
     flat = {}
@@ -276,7 +317,7 @@ def _help_keys() -> str:
         for part in key.split("."):
             v = v[part]
         flat[key] = v
-    docs = field_docs()
+    docs = field_docs(TrialConfig)
     lines = ["keys (dotted.key=value):"]
     for key in TRIAL_KEYS:
         doc = " ".join(docs.get(key, "").split())
@@ -284,10 +325,24 @@ def _help_keys() -> str:
     return "\n".join(lines)
 
 
+def _error(message: Any) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[list] = None) -> int:
+    """The command line; exit codes: 0 done, 1 the loss went non-finite, 2 bad input
+    (nothing trained), 130 interrupted (Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: Optional[list]) -> int:
     import argparse
 
-    from gmlp_ablate.config import ConfigError, load_trial
+    from gmlp_ablate.trial import load_trial
 
     parser = argparse.ArgumentParser(
         prog="python -m gmlp_ablate.train",
@@ -304,23 +359,28 @@ def main(argv: Optional[list] = None) -> int:
         path = overrides.pop(0)
     try:
         cfg = load_trial(path, overrides)
+        pick_device(cfg.train.device)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
+        return 2
+    if args.resume is not None and not os.path.isfile(checkpoint_file(args.resume)):
+        missing = "no such file or folder" if not os.path.exists(args.resume) else f"no {CHECKPOINT_FILE} in that folder"
+        _error(f"--resume {args.resume}: {missing}")
         return 2
     print(f"trial {trial_key(cfg)}: {json.dumps(semantic_dict(cfg)['model'])}", flush=True)
 
     def progress(metrics: Dict[str, Any], step: int, checkpoint: Optional[str]) -> None:
-        shown = {k: v for k, v in metrics.items() if not k.startswith("info.")}
+        shown = {k: v for k, v in metrics.items() if not k.startswith(INFO_PREFIX)}
         parts = [f"{k} {v:.4g}" for k, v in shown.items() if isinstance(v, float)]
         print(f"step {step:>6}/{cfg.train.steps}  " + "  ".join(parts), flush=True)
 
     try:
         final = train(cfg, report=progress, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 1
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointMismatchError) as e:
+        _error(e)
         return 2
     if args.json:
         print(json.dumps(final, sort_keys=True))

@@ -1,21 +1,32 @@
-"""Tasks: shapes, determinism, fixed validation sets, corpus splitting/caching, bad configs."""
+"""Tasks: shapes, determinism, fixed val and test sets, corpus splitting/caching, bad configs."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import subprocess
+import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from gmlp_ablate.config import ConfigError, ModelConfig, TaskConfig, TrialConfig, load_trial, validate_trial
-from gmlp_ablate.tasks import IGNORE_INDEX, build_task, task_shape, validate_task
+from gmlp_ablate.models.config import ModelConfig
+from gmlp_ablate.schema import ConfigError
+from gmlp_ablate.tasks import IGNORE_INDEX, build_task, clear_task_cache, task_shape, validate_task
 from gmlp_ablate.tasks.charlm import unigram_entropy_bits, unigram_val_bits
-from gmlp_ablate.tasks.corpus import list_source
-from gmlp_ablate.tasks.mlm import MASK_ID
+from gmlp_ablate.tasks.config import TaskConfig
+from gmlp_ablate.tasks.corpus import load_corpus
+from gmlp_ablate.tasks.rules import MASK_ID
+from gmlp_ablate.tasks.sources import list_source
+from gmlp_ablate.trial import TrialConfig, load_trial, validate_trial
+
+REPO = Path(__file__).resolve().parents[1]
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SOURCES = ["textwrap.py", "string.py", "glob.py", "fnmatch.py", "shlex.py", "bisect.py", "heapq.py", "abc.py"]
@@ -72,20 +83,22 @@ def test_shapes_dtypes_and_metrics(name, tasks, corpus_dir, cache_dir):
     assert "val/loss" in task.metrics and task.metrics[0] != "val/loss"
     assert task.info and all(isinstance(v, str) for v in task.info.values())
     x, y = task.train_batch(3, 8)
-    X, Y = task.val_set()
-    assert y.dtype == torch.int64 and Y.dtype == torch.int64
-    if task.shape.kind == "tokens":
-        N = task.shape.seq_len
-        assert x.shape == y.shape == (8, N) and x.dtype == torch.int64
-        assert X.shape == Y.shape and X.shape[1] == N
-        assert 0 <= int(x.min()) and int(x.max()) < task.shape.vocab_size
-        scored = Y[Y != IGNORE_INDEX]
-        assert len(scored) > 0 and int(scored.max()) < task.shape.vocab_size
-    else:
-        assert x.shape == (8, 1, 8, 8) and x.dtype == torch.float32 and y.shape == (8,)
-        assert X.shape[1:] == (1, 8, 8) and X.dtype == torch.float32 and Y.shape == (len(X),)
-        assert task.shape.seq_len == 16 and task.shape.num_classes == 10
+    assert y.dtype == torch.int64
+    for X, Y in (task.val_set(), task.test_set()):
+        assert Y.dtype == torch.int64
+        if task.shape.kind == "tokens":
+            N = task.shape.seq_len
+            assert x.shape == y.shape == (8, N) and x.dtype == torch.int64
+            assert X.shape == Y.shape and X.shape[1] == N
+            assert 0 <= int(x.min()) and int(x.max()) < task.shape.vocab_size
+            scored = Y[Y != IGNORE_INDEX]
+            assert len(scored) > 0 and int(scored.max()) < task.shape.vocab_size
+        else:
+            assert x.shape == (8, 1, 8, 8) and x.dtype == torch.float32 and y.shape == (8,)
+            assert X.shape[1:] == (1, 8, 8) and X.dtype == torch.float32 and Y.shape == (len(X),)
+            assert task.shape.seq_len == 16 and task.shape.num_classes == 10
     assert set(task.derived_metrics(1.0, 0.5)) == set(task.metrics)
+    assert set(task.derived_metrics(1.0, 0.5, "test")) == {m.replace("val/", "test/") for m in task.metrics}
 
 
 @pytest.mark.parametrize("name", ["charlm", "mlm", "mqar", "digits"])
@@ -99,16 +112,25 @@ def test_train_batch_is_a_pure_function_of_seed_and_step(name, tasks, corpus_dir
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(task.train_batch(6, 16)[0], x1)
     assert not torch.equal(other.train_batch(5, 16)[0], x1)
-    X1, Y1 = task.val_set()
-    X2, Y2 = same.val_set()
-    assert torch.equal(X1, X2) and torch.equal(Y1, Y2)
 
 
-def test_validation_sets_across_seeds(tasks, corpus_dir, cache_dir):
+
+@pytest.mark.parametrize("name", ["charlm", "mlm", "mqar", "digits"])
+def test_held_out_sets_are_deterministic(name, tasks, corpus_dir, cache_dir):
+    clear_task_cache()  # built again from scratch, not handed the same objects
+    again = build_task(_cfg(name, corpus_dir, cache_dir), seed=0)
+    for split in ("val", "test"):
+        (X1, Y1), (X2, Y2) = tasks[name].held_out(split), again.held_out(split)
+        assert X1 is not X2 and torch.equal(X1, X2) and torch.equal(Y1, Y2)
+
+
+def test_held_out_sets_across_seeds(tasks, corpus_dir, cache_dir):
     for name in ("charlm", "mlm", "digits"):  # fixed for every seed
-        X, Y = build_task(_cfg(name, corpus_dir, cache_dir), seed=7).val_set()
-        assert torch.equal(X, tasks[name].val_set()[0]) and torch.equal(Y, tasks[name].val_set()[1])
-    # mqar: a fixed set per seed, not the train stream
+        other = build_task(_cfg(name, corpus_dir, cache_dir), seed=7)
+        for split in ("val", "test"):
+            X, Y = other.held_out(split)
+            assert torch.equal(X, tasks[name].held_out(split)[0]) and torch.equal(Y, tasks[name].held_out(split)[1])
+    # mqar: fixed sets per seed, not the train stream
     X7, _ = build_task(_cfg("mqar", corpus_dir, cache_dir), seed=7).val_set()
     X0, _ = tasks["mqar"].val_set()
     assert not torch.equal(X7, X0)
@@ -124,52 +146,87 @@ def test_charlm_windows_and_val_coverage(tasks):
     task = tasks["charlm"]
     x, y = task.train_batch(0, 64)
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
-    val = torch.from_numpy(np.asarray(task.corpus.val, dtype=np.int64))
-    X, Y = task.val_set()
     L = task.shape.seq_len
-    assert len(X) == min(512 // L, (len(val) - 1) // L)
-    starts = [int(s) for s in task._val_starts]
-    assert all(b - a >= L for a, b in zip(starts, starts[1:]))  # no byte scored twice
-    for i, s in enumerate(starts):
-        assert torch.equal(X[i], val[s : s + L]) and torch.equal(Y[i], val[s + 1 : s + L + 1])
+    for split in ("val", "test"):
+        stream = torch.from_numpy(np.asarray(getattr(task.corpus, split), dtype=np.int64))
+        X, Y = task.held_out(split)
+        assert len(X) == min(512 // L, (len(stream) - 1) // L)
+        starts = [int(s) for s in task.data.starts[split]]
+        assert all(b - a >= L for a, b in zip(starts, starts[1:]))  # no byte scored twice
+        for i, s in enumerate(starts):
+            assert torch.equal(X[i], stream[s : s + L]) and torch.equal(Y[i], stream[s + 1 : s + L + 1])
 
 
-def test_charlm_split_by_file(tasks, corpus_dir):
-    task = tasks["charlm"]
-    assert task.train_files and task.val_files
-    assert not set(task.train_files) & set(task.val_files)
+@pytest.mark.parametrize("name", ["charlm", "mlm"])
+def test_text_split_by_file_into_three_disjoint_parts(name, tasks, corpus_dir):
+    task = tasks[name]
+    parts = {"train": task.train_files, "val": task.val_files, "test": task.test_files}
+    assert all(parts.values())
+    assert not set(parts["train"]) & set(parts["val"])
+    assert not set(parts["train"]) & set(parts["test"])
+    assert not set(parts["val"]) & set(parts["test"])
     listed = {p.relative_to(corpus_dir).as_posix() for p in corpus_dir.rglob("*") if p.suffix in (".py", ".txt", ".md")}
     listed.remove("latin1.txt")  # skipped: not UTF-8
     assert task.info["corpus_files_skipped"] == "1"
-    assert set(task.train_files) | set(task.val_files) == listed
+    assert set().union(*map(set, parts.values())) == listed
     sizes = {r: (corpus_dir / r).stat().st_size for r in listed}
-    assert len(task.corpus.train) == sum(sizes[r] for r in task.train_files)
-    assert len(task.corpus.val) == sum(sizes[r] for r in task.val_files)
-    assert bytes(task.corpus.val[:100]) == (corpus_dir / task.val_files[0]).read_bytes()[:100]
+    for part, files in parts.items():  # each stream is exactly its files' bytes, in order
+        stream = bytes(getattr(task.corpus, part))
+        assert stream == b"".join((corpus_dir / r).read_bytes() for r in files)
+        assert len(stream) == sum(sizes[r] for r in files)
 
 
-def test_corpus_cache_and_content_hash(tmp_path):
+def test_val_files_do_not_depend_on_the_test_share(corpus_dir, cache_dir):
+    a = build_task(_cfg("charlm", corpus_dir, cache_dir, test_fraction=0.1), seed=0)
+    b = build_task(_cfg("charlm", corpus_dir, cache_dir, test_fraction=0.3), seed=0)
+    assert a.val_files == b.val_files
+    assert set(a.test_files) < set(b.test_files)
+
+
+def test_corpus_disk_cache_and_content_hash(tmp_path):
     folder = _write_corpus(tmp_path / "text", n_files=8, chunk=2000)
     cache = str(tmp_path / "cache")
-    cfg = TaskConfig(name="charlm", corpus=str(folder), seq_len=16, val_tokens=64, cache_dir=cache)
-    first = build_task(cfg, seed=0)
-    assert not first.corpus.from_cache and Path(first.info["corpus_cache"]).exists()
-    second = build_task(cfg, seed=0)
-    assert second.corpus.from_cache
-    assert second.info["corpus_sha256"] == first.info["corpus_sha256"]
-    assert torch.equal(second.val_set()[0], first.val_set()[0])
-    assert isinstance(second.corpus.train, np.memmap) or isinstance(second.corpus.train.base, np.memmap)
+    first = load_corpus(str(folder), 20_000, 0.2, 0.2, cache)
+    assert not first.from_cache and Path(first.cache_path).exists()
+    second = load_corpus(str(folder), 20_000, 0.2, 0.2, cache)
+    assert second.from_cache and second.sha256 == first.sha256
+    for part in ("train", "val", "test"):
+        assert np.array_equal(getattr(second, part), getattr(first, part))
+    assert isinstance(second.train, np.memmap) or isinstance(second.train.base, np.memmap)
     assert not list(Path(cache, "corpora").glob("*.tmp"))
     # a changed file changes the key and the content hash
     victim = folder / "part0" / "f00.py"
     victim.write_bytes(victim.read_bytes()[::-1])
-    third = build_task(cfg, seed=0)
-    assert not third.corpus.from_cache
-    assert third.info["corpus_sha256"] != first.info["corpus_sha256"]
+    third = load_corpus(str(folder), 20_000, 0.2, 0.2, cache)
+    assert not third.from_cache and third.sha256 != first.sha256
     # another budget is another corpus
-    fourth = build_task(dataclasses.replace(cfg, corpus_bytes=9000), seed=0)
-    assert int(fourth.info["corpus_bytes"]) == 9000
-    assert fourth.info["corpus_sha256"] != third.info["corpus_sha256"]
+    fourth = load_corpus(str(folder), 9000, 0.2, 0.2, cache)
+    assert int(fourth.info()["corpus_bytes"]) == 9000 and fourth.sha256 != third.sha256
+
+
+def test_second_build_reuses_the_prepared_data(tmp_path):
+    folder = _write_corpus(tmp_path / "text", n_files=8, chunk=2000)
+    cfg = TaskConfig(name="charlm", corpus=str(folder), seq_len=16, val_tokens=64, cache_dir=str(tmp_path / "c"))
+    first = build_task(cfg, seed=0)
+    second = build_task(dataclasses.replace(cfg, cache_dir=str(tmp_path / "elsewhere")), seed=1)
+    assert second.data is first.data  # same corpus and held-out windows: nothing loaded again
+    assert not (tmp_path / "elsewhere").exists()
+    assert second.seed == 1 and not torch.equal(second.train_batch(0, 8)[0], first.train_batch(0, 8)[0])
+    clear_task_cache()
+    rebuilt = build_task(cfg, seed=1)
+    assert rebuilt.data is not first.data
+    assert torch.equal(rebuilt.train_batch(0, 8)[0], second.train_batch(0, 8)[0])
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.test_set(), second.test_set()))
+
+
+def test_edited_corpus_is_prepared_again(tmp_path):
+    folder = _write_corpus(tmp_path / "text", n_files=8, chunk=2000)
+    cfg = TaskConfig(name="mlm", corpus=str(folder), seq_len=16, val_tokens=64, cache_dir=str(tmp_path / "c"))
+    first = build_task(cfg, seed=0)
+    victim = folder / first.train_files[0]
+    victim.write_bytes(victim.read_bytes()[::-1])
+    second = build_task(cfg, seed=0)
+    assert second.data is not first.data and second.info["corpus_sha256"] != first.info["corpus_sha256"]
 
 
 def test_concurrent_builds_share_one_cache_entry(tmp_path):
@@ -188,11 +245,13 @@ def test_single_file_corpus_cut_at_the_end(tmp_path):
     path = tmp_path / "book.txt"
     data = b"".join((STDLIB / s).read_bytes() for s in SOURCES[:3])
     path.write_bytes(data)
-    cfg = TaskConfig(name="charlm", corpus=str(path), seq_len=16, val_tokens=256, val_fraction=0.2, cache_dir=str(tmp_path))
+    cfg = TaskConfig(name="charlm", corpus=str(path), seq_len=16, val_tokens=256, val_fraction=0.2,
+                     test_fraction=0.1, cache_dir=str(tmp_path))
     task = build_task(cfg, seed=0)
-    n_val = round(len(data) * 0.2)
-    assert bytes(task.corpus.val) == data[-n_val:]
-    assert bytes(task.corpus.train) == data[:-n_val]
+    n_val, n_test = round(len(data) * 0.2), round(len(data) * 0.1)
+    assert bytes(task.corpus.val) == data[-n_val:]  # the last val_fraction, as without a test part
+    assert bytes(task.corpus.test) == data[-n_val - n_test : -n_val]
+    assert bytes(task.corpus.train) == data[: -n_val - n_test]
 
 
 def test_default_stdlib_corpus(tmp_path):
@@ -200,12 +259,11 @@ def test_default_stdlib_corpus(tmp_path):
     task = build_task(cfg, seed=0)
     assert "python-stdlib" in task.info["corpus"] and len(task.info["corpus_sha256"]) == 64
     assert int(task.info["corpus_bytes"]) == 300_000
-    assert not set(task.train_files) & set(task.val_files)
+    files = task.train_files + task.val_files + task.test_files
+    assert task.val_files and task.test_files and len(set(files)) == len(files)
     excluded = {"test", "tests", "idle_test", "site-packages"}
-    for rel in task.train_files + task.val_files:
+    for rel in files:
         assert rel.endswith(".py") and not excluded & set(rel.split("/")[:-1])
-    again = build_task(cfg, seed=0)
-    assert again.corpus.from_cache and again.info["corpus_sha256"] == task.info["corpus_sha256"]
     h = unigram_entropy_bits(task)
     assert 3.0 < h < 8.0
     assert unigram_val_bits(task) < 8.0
@@ -219,13 +277,25 @@ def test_unigram_baseline_on_custom_corpus(tasks):
     assert unigram_val_bits(tasks["mlm"]) < 8.0
 
 
-def test_seq_len_too_long_for_val_stream(tmp_path):
+def test_seq_len_too_long_for_a_part_fails_validation(tmp_path):
     folder = _write_corpus(tmp_path / "text", n_files=6, chunk=300)
     cfg = TaskConfig(name="charlm", corpus=str(folder), seq_len=2000, val_tokens=4000, cache_dir=str(tmp_path))
-    validate_task(cfg)  # only the build can know the sizes
+    _raises(cfg, "task.seq_len", str(folder), "2001 bytes")
+    assert not (tmp_path / "corpora").exists()  # nothing was built
+
+
+def test_non_utf8_files_found_at_build_time_can_still_fail_the_build(tmp_path):
+    """Validation does not read files: one that is not UTF-8 is only dropped by the build."""
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"a" * 400)
+    (folder / "b.txt").write_bytes(b"b" * 400)
+    (folder / "c.txt").write_bytes("\xe9".encode("latin-1") * 400)
+    cfg = TaskConfig(name="charlm", corpus=str(folder), seq_len=16, val_tokens=64, cache_dir=str(tmp_path))
+    validate_task(cfg)
     with pytest.raises(ConfigError) as e:
         build_task(cfg, seed=0)
-    assert e.value.key == "task.seq_len" and "val split" in str(e.value)
+    assert e.value.key == "task.corpus" and "only 2 usable file(s)" in str(e.value) and str(folder) in str(e.value)
 
 
 # --------------------------------------------------------------------------------------
@@ -253,7 +323,7 @@ def test_mlm_mask_statistics(tasks):
     # unpredicted positions carry the original bytes: compare with an unmasked window
     X, Y = task.val_set()
     val = torch.from_numpy(np.asarray(task.corpus.val, dtype=np.int64))
-    s = int(task._val_starts[0])
+    s = int(task.data.starts["val"][0])
     orig = val[s : s + L]
     vsel = Y[0] != IGNORE_INDEX
     assert torch.equal(X[0][~vsel], orig[~vsel]) and torch.equal(Y[0][vsel], orig[vsel])
@@ -314,15 +384,33 @@ def test_mqar_query_order_does_not_follow_the_context_order(corpus_dir, cache_di
 # --------------------------------------------------------------------------------------
 
 
-def test_digits_split_is_stratified_and_disjoint(tasks):
+def test_digits_split_is_stratified_three_ways_and_disjoint(tasks):
     task = tasks["digits"]
-    assert not set(task.train_idx.tolist()) & set(task.val_idx.tolist())
-    assert len(task.train_idx) + len(task.val_idx) == 1797
-    _, Y = task.val_set()
-    all_labels = torch.cat([task._train_y, Y])
-    val_counts = torch.bincount(Y, minlength=10).float()
-    expected = torch.bincount(all_labels, minlength=10).float() * len(Y) / len(all_labels)
-    assert (val_counts - expected).abs().max() <= 1.0
+    train, val, test = (set(i.tolist()) for i in (task.train_idx, task.val_idx, task.test_idx))
+    assert not train & val and not train & test and not val & test
+    assert len(train) + len(val) + len(test) == 1797
+    assert len(val) == len(test) == math.ceil(0.1 * 1797)
+    all_labels = torch.cat([task._train_y, task.val_set()[1], task.test_set()[1]])
+    for _, Y in (task.val_set(), task.test_set()):
+        counts = torch.bincount(Y, minlength=10).float()
+        expected = torch.bincount(all_labels, minlength=10).float() * len(Y) / len(all_labels)
+        assert (counts - expected).abs().max() <= 1.0
+
+
+def test_digits_val_split_does_not_depend_on_the_test_share():
+    a = build_task(TaskConfig(name="digits", test_fraction=0.1), seed=0)
+    b = build_task(TaskConfig(name="digits", test_fraction=0.2), seed=0)
+    assert np.array_equal(a.val_idx, b.val_idx) and torch.equal(a.val_set()[1], b.val_set()[1])
+    assert set(a.test_idx.tolist()) != set(b.test_idx.tolist())
+
+
+def test_mqar_test_examples_differ_from_val_and_train(tasks):
+    task = tasks["mqar"]
+    val = {tuple(r) for r in task.val_set()[0].tolist()}
+    test = {tuple(r) for r in task.test_set()[0].tolist()}
+    train = {tuple(r) for r in task.train_batch(0, 256)[0].tolist()}
+    assert len(test) == len(task.test_set()[0]) == 64
+    assert not test & val and not test & train
 
 
 def test_digits_epochs_cover_the_train_split(tasks):
@@ -376,24 +464,118 @@ def test_bad_corpus_paths(tmp_path):
     assert e.value.key == "task.corpus"
 
 
-def test_bad_values():
-    _raises(TaskConfig(name="digits", patch_size=3), "task.patch_size")
-    _raises(TaskConfig(name="digits", patch_size=2, seq_len=64), "task.seq_len", "16")
-    _raises(TaskConfig(name="mqar", num_kv_pairs=8, seq_len=30), "task.seq_len", "32")
-    _raises(TaskConfig(name="mqar", num_kv_pairs=20), "task.num_kv_pairs")  # default seq_len 64 < 80
-    _raises(TaskConfig(name="mqar", num_kv_pairs=8, vocab_size=16), "task.vocab_size")
-    _raises(TaskConfig(name="mqar", num_val=0), "task.num_val")
-    _raises(TaskConfig(name="mlm", mask_prob=0.0), "task.mask_prob")
-    _raises(TaskConfig(name="mlm", mask_prob=1.0), "task.mask_prob")
-    _raises(TaskConfig(name="charlm", seq_len=1), "task.seq_len")
-    _raises(TaskConfig(name="charlm", val_fraction=0.0), "task.val_fraction")
-    _raises(TaskConfig(name="digits", val_fraction=1.0), "task.val_fraction")
-    _raises(TaskConfig(name="charlm", corpus_bytes=0), "task.corpus_bytes")
-    _raises(TaskConfig(name="charlm", val_tokens=64, seq_len=128), "task.val_tokens")
-    _raises(TaskConfig(name="nope"), "task.name")
+def test_corpus_too_small_fails_validation_naming_the_path(tmp_path):
+    one_byte, twenty = tmp_path / "one.txt", tmp_path / "twenty.txt"
+    one_byte.write_bytes(b"a")
+    twenty.write_bytes(b"x = 1\n" * 3 + b"ab")
+    _raises(TaskConfig(name="charlm", corpus=str(one_byte)), "task.corpus", str(one_byte), "train, val and test")
+    _raises(TaskConfig(name="mlm", corpus=str(twenty)), "task.seq_len", str(twenty), "seq_len=128")
+    two_files = tmp_path / "two"
+    two_files.mkdir()
+    for name in ("a.txt", "b.md"):
+        (two_files / name).write_bytes(b"hello world\n" * 100)
+    _raises(TaskConfig(name="charlm", corpus=str(two_files), seq_len=16), "task.corpus", str(two_files),
+            "at least 3")
+    _raises(TaskConfig(name="charlm", corpus_bytes=1), "task.corpus_bytes", "python-stdlib", "at least 3")
+
+
+def _validate_unprivileged(corpus: str) -> subprocess.CompletedProcess:
+    """Validate a corpus path in a fresh process without root's power to read anything."""
+    code = ("import sys\nfrom gmlp_ablate.schema import ConfigError\nfrom gmlp_ablate.tasks import validate_task\n"
+            "from gmlp_ablate.tasks.config import TaskConfig\ntry:\n"
+            f"    validate_task(TaskConfig(name='charlm', corpus={corpus!r}))\n"
+            "except ConfigError as e:\n    print(e.key)\n    print(e)\n    sys.exit(2)\n")
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no unprivileged user to check permissions with")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder any user may enter (pytest's own are private to their owner)."""
+    d = Path(tempfile.mkdtemp(prefix="gmlp_ablate_perm_"))
+    d.chmod(0o755)
+    yield d
+    for p in [d, *d.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "files in a folder"])
+def test_unreadable_corpus_names_the_cause(kind, shared_dir):
+    target = shared_dir / "corpus"
+    if kind == "file":
+        target = shared_dir / "book.txt"
+        target.write_text("some text\n" * 100)
+        target.chmod(0o000)
+    else:
+        target.mkdir()
+        for name in ("a.txt", "b.txt", "c.txt"):
+            (target / name).write_text("some text\n" * 100)
+            if kind == "files in a folder":
+                (target / name).chmod(0o000)
+        if kind == "folder":
+            target.chmod(0o000)
+    proc = _validate_unprivileged(str(target))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    key, message = proc.stdout.strip().splitlines()
+    assert key == "task.corpus" and str(target) in message and "Permission denied" in message
+    assert "holds no" not in message
+
+
+@pytest.mark.parametrize(
+    "cfg, key, fragment",
+    [
+        (TaskConfig(name="digits", patch_size=3), "task.patch_size", "divisible"),
+        (TaskConfig(name="digits", patch_size=2, seq_len=64), "task.seq_len", "16"),
+        (TaskConfig(name="mqar", num_kv_pairs=8, seq_len=30), "task.seq_len", "32"),
+        (TaskConfig(name="mqar", num_kv_pairs=20), "task.num_kv_pairs", "80"),  # default seq_len 64
+        (TaskConfig(name="mqar", num_kv_pairs=8, vocab_size=16), "task.vocab_size", "18"),
+        (TaskConfig(name="charlm", seq_len=1), "task.seq_len", ">= 2"),
+        (TaskConfig(name="charlm", val_tokens=64, seq_len=128), "task.val_tokens", "128"),
+        (TaskConfig(name="charlm", val_fraction=0.5, test_fraction=0.5), "task.test_fraction", "< 1"),
+        (TaskConfig(name="digits", test_fraction=0.004), "task.test_fraction", "at least 10"),
+        (TaskConfig(name="digits", val_fraction=0.004), "task.val_fraction", "at least 10"),
+    ],
+)
+def test_task_rules(cfg, key, fragment):
+    _raises(cfg, key, fragment)
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        (TaskConfig(name="mqar", num_val=0), "task.num_val"),
+        (TaskConfig(name="mlm", mask_prob=0.0), "task.mask_prob"),
+        (TaskConfig(name="mlm", mask_prob=1.0), "task.mask_prob"),
+        (TaskConfig(name="charlm", val_fraction=0.0), "task.val_fraction"),
+        (TaskConfig(name="digits", test_fraction=1.0), "task.test_fraction"),
+        (TaskConfig(name="charlm", corpus_bytes=0), "task.corpus_bytes"),
+        (TaskConfig(name="digits", patch_size=0), "task.patch_size"),
+        (TaskConfig(name="nope"), "task.name"),  # type: ignore[arg-type]
+    ],
+)
+def test_declared_bounds_are_checked_by_validate_task(cfg, key):
+    _raises(cfg, key)
+
+
+def test_errors_name_the_key_under_the_prefix():
     with pytest.raises(ConfigError) as e:
-        validate_task(TaskConfig(name="mqar"), ModelConfig(arch="rnn"), prefix="grid[a].task.")
-    assert e.value.key == "grid[a].model.arch"
+        validate_task(TaskConfig(name="mqar", num_kv_pairs=8, vocab_size=16), prefix="grid[a].task.")
+    assert e.value.key == "grid[a].task.vocab_size"
+
+
+def test_validation_and_shapes_do_not_import_torch():
+    code = ("import sys\nfrom gmlp_ablate.tasks import validate_task\nfrom gmlp_ablate.tasks.config import TaskConfig\n"
+            "for name in ('charlm', 'mlm', 'mqar', 'digits'):\n    validate_task(TaskConfig(name=name))\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_trial_validation_uses_the_task_checks():

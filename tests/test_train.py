@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from gmlp_ablate.config import ConfigError, load_trial
+from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.train import NonFiniteLossError, autocast_dtype, load_checkpoint, lr_at, train
+from gmlp_ablate.trial import load_trial
 
 TINY = ["model.dim=16", "model.depth=2", "train.batch_size=8", "train.log_every=5", "train.warmup_steps=5"]
 MQAR = ["task.name=mqar", "task.num_kv_pairs=2", "task.seq_len=16", "task.num_val=64"]
@@ -76,7 +80,7 @@ def test_checkpoint_of_another_trial_is_refused(tmp_path):
         ["task.name=charlm", "task.seq_len=32", "task.corpus_bytes=200000", "task.val_tokens=4096"],
         ["task.name=mlm", "task.seq_len=32", "task.corpus_bytes=200000", "task.val_tokens=4096"],
         MQAR,
-        ["task.name=digits", "train.batch_size=32", "train.steps=60", "train.lr=1e-2"],
+        ["task.name=digits", "train.batch_size=32", "train.steps=100"],
     ],
     ids=["charlm", "mlm", "mqar", "digits"],
 )
@@ -96,7 +100,37 @@ def test_metrics_reported_per_task():
     assert rows[0][0] == 0 and "model/params" in rows[0][1] and "model/flops_per_token" in rows[0][1]
     evals = [step for step, m in rows if "val/loss" in m]
     assert evals == [10, 20]
-    assert set(final) >= {"val/loss", "val/acc", "perf/tokens_per_s_mean", "model/params"}
+    assert set(final) >= {"val/loss", "val/acc", "test/loss", "test/acc", "perf/tokens_per_s_mean", "model/params"}
+
+
+def test_test_split_is_scored_once_at_the_end(tmp_path):
+    rows, final = _curve(_cfg(), checkpoint_dir=str(tmp_path))
+    assert [step for step, m in rows if any(k.startswith("test/") for k in m)] == [20]
+    last = rows[-1][1]
+    assert {k: last[k] for k in ("test/loss", "test/acc")} == {k: final[k] for k in ("test/loss", "test/acc")}
+    assert final["test/loss"] != final["val/loss"]  # another set of examples
+
+
+def test_selection_checkpoints_carry_no_test_scores(tmp_path):
+    cfg = _cfg()
+
+    def stop_after_first_eval(m, step, ck):
+        if ck:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, report=stop_after_first_eval, checkpoint_dir=str(tmp_path))
+    history = load_checkpoint(str(tmp_path / "checkpoint.pt"), cfg)["history"]
+    assert history["val"] and "test" not in history
+
+
+def test_resumed_from_the_final_checkpoint_returns_its_scores(tmp_path):
+    cfg = _cfg()
+    _, first = _curve(cfg, checkpoint_dir=str(tmp_path))
+    rows, again = _curve(cfg, resume_from=str(tmp_path))
+    assert [step for step, _ in rows] == [20]  # only the step-0 report: nothing trained again
+    for key in ("val/loss", "val/acc", "test/loss", "test/acc"):
+        assert again[key] == first[key]
 
 
 def test_nonfinite_loss_stops_with_the_step():
@@ -167,7 +201,7 @@ def test_cli_trains_and_prints_final_metrics():
 
 
 def test_cli_help_lists_every_key():
-    from gmlp_ablate.config import TRIAL_KEYS
+    from gmlp_ablate.trial import TRIAL_KEYS
 
     proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.train", "--help"], capture_output=True, text=True,
                           timeout=60)
@@ -179,3 +213,80 @@ def test_cli_bad_key_exits_2():
     proc = subprocess.run([sys.executable, "-m", "gmlp_ablate.train", "model.dimm=3"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "did you mean 'model.dim'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gmlp_ablate.train", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_cli_non_finite_value_exits_2_in_one_line():
+    proc = _cli(*MQAR, "train.lr=nan")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "train.lr" in _one_line_error(proc) and "finite" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_cli_cuda_without_a_gpu_exits_2_before_building_anything():
+    proc = _cli(*MQAR, "train.device=cuda")
+    assert proc.returncode == 2 and proc.stdout == ""  # not even the trial line
+    assert "train.device" in _one_line_error(proc)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_cli_resume_without_a_checkpoint_exits_2(kind, tmp_path):
+    target = tmp_path / "nope.pt" if kind == "file" else tmp_path
+    proc = _cli(*MQAR, "--resume", str(target))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert str(target) in _one_line_error(proc)
+
+
+def test_cli_ctrl_c_during_training_exits_130():
+    p = subprocess.Popen([sys.executable, "-m", "gmlp_ablate.train", *TINY, *MQAR, "train.steps=100000",
+                          "train.eval_every=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:  # a train/loss line: the loop is running
+            line = p.stdout.readline()
+            assert line, p.stderr.read()
+            if "train/loss" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130
+    assert err.strip().splitlines() == ["interrupted"]
+
+
+def test_cli_ctrl_c_during_validation_exits_130(tmp_path):
+    """The trial file is a pipe nobody writes to: loading it blocks inside validation."""
+    fifo = tmp_path / "trial.yaml"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([sys.executable, "-m", "gmlp_ablate.train", str(fifo)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None:  # opening the write end succeeds once the CLI has opened the file
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() else "timeout"
+                time.sleep(0.05)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and out == ""
+    assert err.strip().splitlines() == ["interrupted"]

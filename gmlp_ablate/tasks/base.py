@@ -3,51 +3,34 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import torch
 
-IGNORE_INDEX = -100
-"""Target value of positions that are not scored (cross-entropy ``ignore_index``)."""
+from gmlp_ablate.models.config import TaskShape
+from gmlp_ablate.names import SPLIT_TEST, SPLIT_VAL, split_metric
+from gmlp_ablate.tasks.rules import IGNORE_INDEX
 
-
-@dataclass(frozen=True)
-class TaskShape:
-    """What a model needs to know about its task's inputs and outputs."""
-
-    kind: str
-    """``tokens`` (x: (B, N) int64 -> logits (B, N, vocab)) or ``image`` (x: (B, C, H, W)
-    float -> logits (B, num_classes))."""
-    seq_len: int
-    """Tokens per example (for images: the number of patches)."""
-    causal: bool = False
-    """Token tasks: position t may only see positions <= t."""
-    vocab_size: int = 0
-    """Token tasks: input and output vocabulary."""
-    num_classes: int = 0
-    """Image tasks: classes."""
-    image_size: int = 0
-    """Image tasks: side in pixels (square images)."""
-    patch_size: int = 0
-    """Image tasks: side of a square patch in pixels."""
-    channels: int = 1
-    """Image tasks: input channels."""
+__all__ = ["IGNORE_INDEX", "Task", "TaskShape", "generator", "default_cache_dir"]
 
 
 @dataclass
 class Task:
-    """A task instance: shapes, a deterministic train stream, a fixed validation set.
+    """A task instance: shapes, a deterministic train stream, fixed val and test sets.
 
     ``train_batch(step, batch_size)`` is a pure function of (seed, step): the data position of
     a checkpoint is just the step. Targets use ``IGNORE_INDEX`` for unscored positions, so
-    every task's loss is mean cross-entropy over scored targets.
+    every task's loss is mean cross-entropy over scored targets. The val set is scored at
+    every evaluation (model selection); the test set, disjoint from both, once at the end.
     """
 
     name: str
     shape: TaskShape
     metrics: Tuple[str, ...]
-    """Validation metrics this task reports, primary first (``val/loss`` is always there)."""
+    """Validation metrics this task reports, primary first (``val/loss`` is always there);
+    the test split reports the same names under ``test/``."""
     info: Dict[str, str] = field(default_factory=dict)
     """Provenance to log with the run (e.g. corpus path, size and content hash)."""
 
@@ -55,18 +38,32 @@ class Task:
         raise NotImplementedError
 
     def val_set(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The whole fixed held-out set (inputs, targets), on CPU."""
+        """The whole fixed validation set (inputs, targets), on CPU."""
         raise NotImplementedError
 
-    def derived_metrics(self, mean_loss: float, accuracy: float) -> Dict[str, float]:
-        """Task metrics from mean validation cross-entropy (nats) and accuracy on scored targets."""
-        out: Dict[str, float] = {"val/loss": mean_loss}
-        if "val/bpb" in self.metrics:
-            out["val/bpb"] = mean_loss / math.log(2)
-        if "val/ppl" in self.metrics:
-            out["val/ppl"] = math.exp(min(mean_loss, 50.0))
-        if "val/acc" in self.metrics:
-            out["val/acc"] = accuracy
+    def test_set(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The whole fixed test set (inputs, targets), on CPU."""
+        raise NotImplementedError
+
+    def held_out(self, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``val_set()`` or ``test_set()`` by split name."""
+        if split == SPLIT_VAL:
+            return self.val_set()
+        if split == SPLIT_TEST:
+            return self.test_set()
+        raise ValueError(f"no held-out split {split!r}")
+
+    def derived_metrics(self, mean_loss: float, accuracy: float, split: str = SPLIT_VAL) -> Dict[str, float]:
+        """Task metrics of one held-out split from its mean cross-entropy (nats) and accuracy
+        on scored targets, named ``<split>/loss``, ``<split>/bpb`` | ``ppl`` | ``acc``."""
+        kinds = {m.split("/", 1)[1] for m in self.metrics}
+        out: Dict[str, float] = {split_metric(split, "loss"): mean_loss}
+        if "bpb" in kinds:
+            out[split_metric(split, "bpb")] = mean_loss / math.log(2)
+        if "ppl" in kinds:
+            out[split_metric(split, "ppl")] = math.exp(min(mean_loss, 50.0))
+        if "acc" in kinds:
+            out[split_metric(split, "acc")] = accuracy
         return out
 
 
@@ -81,8 +78,6 @@ def generator(seed: int, *stream: int) -> torch.Generator:
 
 
 def default_cache_dir(cache_dir: Optional[str]) -> str:
-    import os
-
     return cache_dir or os.environ.get("GMLP_ABLATE_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "gmlp_ablate"
     )

@@ -1,8 +1,9 @@
 """The tasks' config group (``task.*``): which task, and its data settings.
 
 A plain dataclass with a docstring per field; bounds are declared on the fields and checked
-by :func:`gmlp_ablate.schema.check`. Each task module's ``validate`` adds its own rules
-(a corpus path that exists, a ``seq_len`` the task can fill) without loading data.
+by :func:`gmlp_ablate.schema.check`; :meth:`TaskConfig.check` holds the rule across fields.
+Each task's own rules (a corpus that exists and can be read, a ``seq_len`` the task can
+fill) are in :mod:`gmlp_ablate.tasks.rules` and load no data.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from gmlp_ablate.schema import knob
+from gmlp_ablate.schema import ConfigError, knob
 
 TaskName = Literal["charlm", "mlm", "mqar", "digits"]
 
@@ -33,9 +34,14 @@ class TaskConfig:
     stdlib default: files in an order fixed by a hash of their path, so the budget samples
     the whole library rather than its first packages)."""
     val_fraction: float = knob(0.1, gt=0, lt=1)
-    """charlm/mlm/digits: share held out for validation (charlm/mlm split by file)."""
+    """charlm/mlm/digits: share held out for validation, scored at every evaluation (charlm/mlm
+    split by file, digits stratified)."""
+    test_fraction: float = knob(0.1, gt=0, lt=1)
+    """charlm/mlm/digits: share held out for the test split, scored once at the end of
+    training (disjoint from train and val; what reports compare)."""
     val_tokens: int = knob(131_072, ge=1)
-    """charlm/mlm: validation tokens scored at each evaluation (a fixed set of windows)."""
+    """charlm/mlm: tokens scored on each held-out split (a fixed set of windows): the val
+    windows at every evaluation, as many test windows at the end."""
     mask_prob: float = knob(0.15, gt=0, lt=1)
     """mlm: share of positions predicted; of those 80% [MASK], 10% random, 10% kept."""
     num_kv_pairs: int = knob(8, ge=1)
@@ -43,9 +49,19 @@ class TaskConfig:
     vocab_size: int = knob(256, ge=4, max_value=1 << 20)
     """mqar: vocabulary size (keys from the lower half, values from the upper half)."""
     num_val: int = knob(1000, ge=1)
-    """mqar: validation examples (a fixed set per seed)."""
+    """mqar: validation examples, and as many test examples (each a fixed set per seed, drawn
+    from streams of their own)."""
     patch_size: int = knob(2, ge=1)
     """digits: side of a square patch in pixels (8 must be divisible by it)."""
     cache_dir: Optional[str] = knob(None, semantic=False)
     """Where tokenised corpora are cached. null = ``$GMLP_ABLATE_CACHE`` or
     ``~/.cache/gmlp_ablate``."""
+
+    def check(self) -> None:
+        """Cross-field rules (keys relative to the task group)."""
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "test_fraction",
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves nothing "
+                "to train on (must be < 1)",
+            )

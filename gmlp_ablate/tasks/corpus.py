@@ -1,7 +1,7 @@
-"""Byte corpora for the text tasks (``charlm``, ``mlm``): listing, splitting, caching, windows.
+"""Byte corpora for the text tasks (``charlm``, ``mlm``): building, caching, windows.
 
-A corpus is two uint8 byte streams, ``train`` and ``val``, made of whole files (or, for a
-single text file, a byte cut at the end). Sources:
+A corpus is three uint8 byte streams, ``train``, ``val`` and ``test``, made of whole files
+(or, for a single text file, byte cuts). Sources (listed by :mod:`gmlp_ablate.tasks.sources`):
 
 * ``task.corpus = null``: the installed Python standard library's ``.py`` sources, without
   ``site-packages`` and test directories, files that are not valid UTF-8 skipped. Files are
@@ -10,13 +10,14 @@ single text file, a byte cut at the end). Sources:
   alphabetical head.
 * a folder: its ``.txt``/``.md``/``.py`` files (recursive), taken in sorted order of their
   relative paths up to ``corpus_bytes``; non-UTF-8 files skipped.
-* a file: its first ``corpus_bytes`` bytes; the last ``val_fraction`` of them is validation.
+* a file: its first ``corpus_bytes`` bytes, cut into train, test, val in that order (val:
+  the last ``val_fraction`` of them).
 
-Folders and the stdlib are split by file: a file's relative path alone decides whether it is
-held out (share ``val_fraction``), so no file is in both streams. The last file taken is cut
-to fit the budget. Built corpora are cached on disk (``.npy`` + ``.json``, written
+Folders and the stdlib are split by file (:func:`gmlp_ablate.tasks.sources.assign_parts`): a
+file's relative path alone decides its part, so no file is in two parts. The last file taken
+is cut to fit the budget. Built corpora are cached on disk (``.npy`` + ``.json``, written
 atomically) under a key made of the file list with sizes and mtimes, ``corpus_bytes`` and
-``val_fraction``; the JSON records the sha256 of the bytes used.
+both fractions; the JSON records the sha256 of the bytes used.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import hashlib
 import json
 import os
 import sys
-import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,52 +34,28 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from gmlp_ablate.config import ConfigError
+from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.tasks.base import default_cache_dir
-
-CACHE_FORMAT = 1
-"""Bump when the way corpora are built changes: old cache entries are then ignored."""
-TEXT_SUFFIXES = (".txt", ".md", ".py")
-STDLIB_EXCLUDED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
-)
-"""Directory names skipped anywhere under the stdlib (``test/``, ``lib2to3/tests``,
-``idlelib/idle_test``, ...)."""
-
-FileEntry = Tuple[str, int, int]
-"""(relative path, size in bytes, mtime in ns)."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """What a corpus is made from, found by listing and ``stat`` only (nothing read)."""
-
-    kind: str
-    """``stdlib``, ``folder`` or ``file``."""
-    root: str
-    """Absolute path of the folder (the stdlib's, for ``stdlib``) or of the file."""
-    files: Tuple[FileEntry, ...]
-    """Candidate files in the order they are taken."""
-
-    def describe(self) -> str:
-        return f"python-stdlib {sys.version.split()[0]} ({self.root})" if self.kind == "stdlib" else self.root
+from gmlp_ablate.tasks.sources import CACHE_FORMAT, PARTS, Source, assign_parts, byte_cut, cache_key, list_source
 
 
 @dataclass
 class Corpus:
-    """A built corpus: train/val byte streams (read-only, memory-mapped) and provenance."""
+    """A built corpus: train/val/test byte streams (read-only, memory-mapped) and provenance."""
 
     train: np.ndarray
     val: np.ndarray
+    test: np.ndarray
     train_files: List[str]
     val_files: List[str]
+    test_files: List[str]
     sha256: str
-    """sha256 of (train length as 8 bytes little-endian, train bytes, val bytes)."""
+    """sha256 of (train and val lengths as 8 bytes little-endian each, train, val, test bytes)."""
     source: str
     cache_path: str
     from_cache: bool = False
     skipped: int = 0
-    """Candidate files skipped as empty or not valid UTF-8."""
+    """Candidate files skipped as empty, unreadable or not valid UTF-8."""
     extra: Dict[str, str] = field(default_factory=dict)
 
     def info(self) -> Dict[str, str]:
@@ -87,90 +63,14 @@ class Corpus:
         out = {
             "corpus": self.source,
             "corpus_sha256": self.sha256,
-            "corpus_bytes": str(len(self.train) + len(self.val)),
-            "train_bytes": str(len(self.train)),
-            "val_bytes": str(len(self.val)),
-            "train_files": str(len(self.train_files)),
-            "val_files": str(len(self.val_files)),
+            "corpus_bytes": str(len(self.train) + len(self.val) + len(self.test)),
             "corpus_cache": self.cache_path,
         }
+        for part in PARTS:
+            out[f"{part}_bytes"] = str(len(getattr(self, part)))
+            out[f"{part}_files"] = str(len(getattr(self, f"{part}_files")))
         out.update(self.extra)
         return out
-
-
-# --------------------------------------------------------------------------------------
-# Listing (validation and cache lookup: stat only)
-# --------------------------------------------------------------------------------------
-
-
-def _path_hash(tag: str, rel: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{tag}:{rel}".encode()).digest()[:8], "big")
-
-
-def is_val_file(rel: str, val_fraction: float) -> bool:
-    """Whether the file at relative path ``rel`` is held out: a fixed hash of the path."""
-    return _path_hash("val", rel) / 2.0**64 < val_fraction
-
-
-def _walk(root: Path, suffixes: Tuple[str, ...], excluded: frozenset = frozenset()) -> List[FileEntry]:
-    out: List[FileEntry] = []
-    for d, dirs, names in os.walk(root):
-        dirs[:] = [x for x in dirs if x not in excluded]
-        for n in names:
-            if n.endswith(suffixes):
-                p = Path(d) / n
-                try:
-                    st = p.stat()
-                except OSError:
-                    continue
-                out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
-    out.sort()
-    return out
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"]).resolve()
-
-
-def list_source(corpus: Optional[str], key: str = "task.corpus") -> Source:
-    """List a corpus source without reading it; ConfigError naming ``key`` and the path if
-    it is missing, empty or holds no text files."""
-    if corpus is None:
-        root = stdlib_root()
-        files = _walk(root, (".py",), STDLIB_EXCLUDED_DIRS)
-        files.sort(key=lambda f: (_path_hash("order", f[0]), f[0]))
-        if not any(f[1] for f in files):
-            raise ConfigError(key, f"no Python sources found in the standard library at {root}")
-        return Source("stdlib", str(root), tuple(files))
-    path = Path(os.path.expanduser(corpus)).resolve()
-    if not path.exists():
-        raise ConfigError(key, f"{corpus}: no such file or directory")
-    if path.is_dir():
-        files = _walk(path, TEXT_SUFFIXES)
-        if not files:
-            raise ConfigError(key, f"{corpus}: folder holds no {'/'.join(TEXT_SUFFIXES)} files")
-        if not any(f[1] for f in files):
-            raise ConfigError(key, f"{corpus}: all {len(files)} text files in the folder are empty")
-        return Source("folder", str(path), tuple(files))
-    st = path.stat()
-    if st.st_size == 0:
-        raise ConfigError(key, f"{corpus}: file is empty")
-    return Source("file", str(path), ((path.name, st.st_size, st.st_mtime_ns),))
-
-
-def cache_key(source: Source, corpus_bytes: int, val_fraction: float) -> str:
-    """Lookup key of a built corpus: the listing with sizes/mtimes and the split parameters."""
-    payload = json.dumps(
-        {
-            "format": CACHE_FORMAT,
-            "kind": source.kind,
-            "root": source.root,
-            "files": source.files,
-            "corpus_bytes": corpus_bytes,
-            "val_fraction": val_fraction,
-        }
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
 # --------------------------------------------------------------------------------------
@@ -178,7 +78,7 @@ def cache_key(source: Source, corpus_bytes: int, val_fraction: float) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _split_files(source: Source, corpus_bytes: int, val_fraction: float, key: str):
+def _split_files(source: Source, corpus_bytes: int, val_fraction: float, test_fraction: float, key: str):
     """Read files in order up to the budget; split them by path hash."""
     root = Path(source.root)
     taken: List[Tuple[str, bytes]] = []
@@ -198,46 +98,40 @@ def _split_files(source: Source, corpus_bytes: int, val_fraction: float, key: st
         data = data[: corpus_bytes - total]
         taken.append((rel, data))
         total += len(data)
-    if len(taken) < 2:
+    if len(taken) < 3:
         raise ConfigError(
             "task.corpus_bytes" if source.kind == "stdlib" else key,
-            f"{source.describe()}: only {len(taken)} usable file(s) within corpus_bytes={corpus_bytes}; "
-            "a split by file needs at least 2 (raise corpus_bytes, or give a single file to split by a byte cut)",
+            f"{source.describe()}: only {len(taken)} usable file(s) within corpus_bytes={corpus_bytes} "
+            f"({skipped} skipped as empty or not UTF-8); a split by file needs at least 3 (train, val, test)",
         )
-    is_val = [is_val_file(rel, val_fraction) for rel, _ in taken]
-    if all(is_val) or not any(is_val):  # tiny corpora: force one file to the other side
-        scores = [_path_hash("val", rel) for rel, _ in taken]
-        pick = scores.index(min(scores)) if not any(is_val) else scores.index(max(scores))
-        is_val[pick] = not is_val[pick]
-    train = [(r, d) for (r, d), v in zip(taken, is_val) if not v]
-    val = [(r, d) for (r, d), v in zip(taken, is_val) if v]
-    return train, val, skipped
+    parts = assign_parts([rel for rel, _ in taken], val_fraction, test_fraction)
+    by_part = {p: [(r, d) for (r, d), q in zip(taken, parts) if q == p] for p in PARTS}
+    return by_part, skipped
 
 
-def _build(source: Source, corpus_bytes: int, val_fraction: float, key: str):
+def _build(source: Source, corpus_bytes: int, val_fraction: float, test_fraction: float, key: str):
+    """({part: bytes}, {part: file names}, skipped)."""
     if source.kind == "file":
         with open(source.root, "rb") as f:
             data = f.read(corpus_bytes)
-        n_val = max(1, int(round(len(data) * val_fraction)))
-        if len(data) - n_val < 1:
-            raise ConfigError(key, f"{source.root}: {len(data)} byte(s) cannot be split into train and val")
-        cut = len(data) - n_val
+        n_train, n_test, _ = byte_cut(len(data), val_fraction, test_fraction)
+        if n_train < 1:
+            raise ConfigError(key, f"{source.root}: {len(data)} byte(s) cannot be cut into train, val and test parts")
+        cuts = {"train": (0, n_train), "test": (n_train, n_train + n_test), "val": (n_train + n_test, len(data))}
         name = source.files[0][0]
-        return data[:cut], data[cut:], [f"{name}[0:{cut}]"], [f"{name}[{cut}:{len(data)}]"], 0
-    train, val, skipped = _split_files(source, corpus_bytes, val_fraction, key)
-    return (
-        b"".join(d for _, d in train),
-        b"".join(d for _, d in val),
-        [r for r, _ in train],
-        [r for r, _ in val],
-        skipped,
-    )
+        streams = {p: data[a:b] for p, (a, b) in cuts.items()}
+        names = {p: [f"{name}[{a}:{b}]"] for p, (a, b) in cuts.items()}
+        return streams, names, 0
+    by_part, skipped = _split_files(source, corpus_bytes, val_fraction, test_fraction, key)
+    streams = {p: b"".join(d for _, d in by_part[p]) for p in PARTS}
+    names = {p: [r for r, _ in by_part[p]] for p in PARTS}
+    return streams, names, skipped
 
 
-def _content_hash(train: bytes, val: bytes) -> str:
-    h = hashlib.sha256(len(train).to_bytes(8, "little"))
-    h.update(train)
-    h.update(val)
+def _content_hash(streams: Dict[str, bytes]) -> str:
+    h = hashlib.sha256(len(streams["train"]).to_bytes(8, "little") + len(streams["val"]).to_bytes(8, "little"))
+    for part in PARTS:
+        h.update(streams[part])
     return h.hexdigest()
 
 
@@ -259,7 +153,8 @@ def _load_cached(npy: Path, meta_path: Path) -> Optional[Tuple[np.ndarray, dict]
         arr = np.load(npy, mmap_mode="r")
     except (OSError, ValueError):
         return None
-    if arr.dtype != np.uint8 or arr.ndim != 1 or len(arr) != meta.get("n_train", -1) + meta.get("n_val", -1):
+    n = sum(meta.get(f"n_{p}", -(1 << 40)) for p in PARTS)
+    if arr.dtype != np.uint8 or arr.ndim != 1 or len(arr) != n:
         return None
     return arr, meta
 
@@ -268,45 +163,47 @@ def load_corpus(
     corpus: Optional[str],
     corpus_bytes: int,
     val_fraction: float,
+    test_fraction: float,
     cache_dir: Optional[str] = None,
     key: str = "task.corpus",
 ) -> Corpus:
-    """Build (or load from the cache) the corpus named by ``corpus`` (None = the stdlib)."""
+    """Build (or load from the disk cache) the corpus named by ``corpus`` (None = the stdlib)."""
     source = list_source(corpus, key)
     folder = Path(default_cache_dir(cache_dir)) / "corpora"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"corpus-{cache_key(source, corpus_bytes, val_fraction)}"
+    stem = f"corpus-{cache_key(source, corpus_bytes, val_fraction, test_fraction)}"
     npy, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
     cached = _load_cached(npy, meta_path) if meta_path.exists() else None
     from_cache = cached is not None
     if cached is None:
-        train, val, train_files, val_files, skipped = _build(source, corpus_bytes, val_fraction, key)
+        streams, names, skipped = _build(source, corpus_bytes, val_fraction, test_fraction, key)
         meta = {
             "format": CACHE_FORMAT,
             "source": source.describe(),
-            "sha256": _content_hash(train, val),
-            "n_train": len(train),
-            "n_val": len(val),
-            "train_files": train_files,
-            "val_files": val_files,
-            "skipped": skipped,
+            "sha256": _content_hash(streams),
+            "skipped": skipped + source.unreadable,
+            **{f"n_{p}": len(streams[p]) for p in PARTS},
+            **{f"{p}_files": names[p] for p in PARTS},
         }
-        whole = np.frombuffer(train + val, dtype=np.uint8)
+        whole = np.frombuffer(b"".join(streams[p] for p in PARTS), dtype=np.uint8)
         # the array first, the metadata last: a reader that finds the .json finds a full .npy
         _atomic_write(npy, lambda f: np.save(f, whole, allow_pickle=False))
         _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
         cached = _load_cached(npy, meta_path)
         assert cached is not None, f"corpus cache {npy} unreadable right after writing it"
     arr, meta = cached
-    n_train = meta["n_train"]
+    a = meta["n_train"]
+    b = a + meta["n_val"]
     extra = {"corpus_files_skipped": str(meta["skipped"])}
     if source.kind == "stdlib":
         extra["python_version"] = sys.version.split()[0]
     return Corpus(
-        train=arr[:n_train],
-        val=arr[n_train:],
+        train=arr[:a],
+        val=arr[a:b],
+        test=arr[b:],
         train_files=list(meta["train_files"]),
         val_files=list(meta["val_files"]),
+        test_files=list(meta["test_files"]),
         sha256=meta["sha256"],
         source=meta["source"],
         cache_path=str(npy),
@@ -314,6 +211,20 @@ def load_corpus(
         skipped=meta["skipped"],
         extra=extra,
     )
+
+
+def check_streams_fit(corpus: Corpus, width: int, seq_len: int) -> None:
+    """Build-time check that every part holds at least one window (the validation checked
+    the sizes planned from the listing; files found not to be UTF-8 can shrink a part)."""
+    for part in ("val", "test", "train"):
+        n = len(getattr(corpus, part))
+        if n < width:
+            raise ConfigError(
+                "task.seq_len",
+                f"seq_len={seq_len} needs windows of {width} bytes but the {part} part of "
+                f"{corpus.source} has {n}: lower seq_len, or give a larger corpus "
+                "(corpus_bytes, val_fraction, test_fraction)",
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -346,28 +257,8 @@ def spaced_starts(n: int, width: int, stride: int, count: int) -> np.ndarray:
     return (np.arange(count, dtype=np.int64) * (n - width)) // (count - 1)
 
 
-def check_lm_config(cfg, prefix: str, default_seq_len: int) -> int:
-    """Checks shared by the byte-LM tasks (no data read); returns the resolved seq_len."""
-    seq_len = default_seq_len if cfg.seq_len is None else cfg.seq_len
-    if seq_len < 2:
-        raise ConfigError(f"{prefix}seq_len", f"must be >= 2, got {seq_len}")
-    if cfg.corpus_bytes <= 0:
-        raise ConfigError(f"{prefix}corpus_bytes", f"must be > 0, got {cfg.corpus_bytes}")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ConfigError(f"{prefix}val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
-    if cfg.val_tokens < seq_len:
-        raise ConfigError(f"{prefix}val_tokens", f"must be >= seq_len ({seq_len}), got {cfg.val_tokens}")
-    if cfg.corpus is not None:  # the stdlib is always there; a given path is checked
-        list_source(cfg.corpus, f"{prefix}corpus")
-    return seq_len
-
-
-def check_stream_fits(corpus: Corpus, width: int, seq_len: int) -> None:
-    """Build-time check that both streams hold at least one window."""
-    for name, stream in (("val", corpus.val), ("train", corpus.train)):
-        if len(stream) < width:
-            raise ConfigError(
-                "task.seq_len",
-                f"seq_len={seq_len} needs windows of {width} bytes but the {name} split of "
-                f"{corpus.source} has {len(stream)} (raise task.corpus_bytes or task.val_fraction, or lower seq_len)",
-            )
+def held_out_starts(stream: np.ndarray, width: int, seq_len: int, max_tokens: int) -> np.ndarray:
+    """Starts of the fixed held-out windows of a stream: spread evenly, at least ``seq_len``
+    apart (no target scored twice), at most ``max_tokens // seq_len`` of them (at least one)."""
+    n_windows = min(max(1, max_tokens // seq_len), max_spaced_windows(len(stream), width, seq_len))
+    return spaced_starts(len(stream), width, seq_len, n_windows)

@@ -1,107 +1,100 @@
 """digits: the 8x8 handwritten digits scikit-learn ships (1797 images, 10 classes, offline).
 
 Pixels are scaled to [0, 1] (divided by 16) and then standardised with the train split's
-mean and std (one scalar each). The split is stratified with a fixed ``random_state``, the
-same for every trial seed. Train batches walk through per-epoch permutations of the train
-split: example ``i`` of the run is ``perm_{i // n}[i % n]`` with the permutation of epoch
-``e`` drawn from ``generator(seed, TRAIN_STREAM, e)``, so batch ``step`` holds examples
+mean and std (one scalar each). The split is stratified three ways with a fixed
+``random_state``, the same for every trial seed: first val (``val_fraction``) from all
+images, then test (``ceil(test_fraction * 1797)`` images) from the rest. Train batches walk
+through per-epoch permutations of the train split: example ``i`` of the run is
+``perm_{i // n}[i % n]`` with the permutation of epoch ``e`` drawn from
+``generator(seed, TRAIN_STREAM, e)``, so batch ``step`` holds examples
 ``step * batch_size ...`` and is a pure function of (seed, step, batch_size).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
-from gmlp_ablate.config import ConfigError
-from gmlp_ablate.tasks.base import Task, TaskShape, generator
+from gmlp_ablate.tasks.base import Task, generator
+from gmlp_ablate.tasks.rules import digits_split_sizes, shape
 
-IMAGE_SIZE = 8
-NUM_CLASSES = 10
-NUM_IMAGES = 1797
 SPLIT_RANDOM_STATE = 0
 TRAIN_STREAM = 41
 
-
-def num_patches(patch_size: int) -> int:
-    return (IMAGE_SIZE // patch_size) ** 2
+Pair = Tuple[torch.Tensor, torch.Tensor]
 
 
-def validate(cfg, prefix: str = "task.") -> None:
-    p = cfg.patch_size
-    if p <= 0 or IMAGE_SIZE % p:
-        raise ConfigError(f"{prefix}patch_size", f"the image side {IMAGE_SIZE} must be divisible by patch_size, got {p}")
-    n = num_patches(p)
-    if cfg.seq_len is not None and cfg.seq_len != n:
-        raise ConfigError(
-            f"{prefix}seq_len",
-            f"digits has (8/patch_size)^2 = {n} patches with patch_size={p}, got seq_len={cfg.seq_len} (use null)",
-        )
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ConfigError(f"{prefix}val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
-    n_val = int(np.ceil(cfg.val_fraction * NUM_IMAGES))
-    if n_val < NUM_CLASSES or NUM_IMAGES - n_val < NUM_CLASSES:
-        raise ConfigError(
-            f"{prefix}val_fraction",
-            f"{cfg.val_fraction} leaves {n_val} validation and {NUM_IMAGES - n_val} training images; "
-            f"a stratified split needs at least {NUM_CLASSES} in each",
-        )
-
-
-def shape(cfg) -> TaskShape:
-    return TaskShape(
-        kind="image",
-        seq_len=num_patches(cfg.patch_size),
-        causal=False,
-        num_classes=NUM_CLASSES,
-        image_size=IMAGE_SIZE,
-        patch_size=cfg.patch_size,
-        channels=1,
-    )
-
-
-def load_split(val_fraction: float) -> Dict[str, np.ndarray]:
-    """Images scaled to [0, 1] as (N, 1, 8, 8) float32, labels, and the split's indices."""
+def load_split(val_fraction: float, test_fraction: float) -> Dict[str, np.ndarray]:
+    """Images scaled to [0, 1] as (N, 1, 8, 8) float32, labels, and each part's indices."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     images = (d.images.astype(np.float32) / 16.0)[:, None]
     labels = d.target.astype(np.int64)
-    train_idx, val_idx = train_test_split(
+    rest, val_idx = train_test_split(
         np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=SPLIT_RANDOM_STATE
     )
-    return {"images": images, "labels": labels, "train_idx": np.sort(train_idx), "val_idx": np.sort(val_idx)}
+    n_test = digits_split_sizes(val_fraction, test_fraction)["test"]
+    train_idx, test_idx = train_test_split(
+        rest, test_size=n_test, stratify=labels[rest], random_state=SPLIT_RANDOM_STATE
+    )
+    return {"images": images, "labels": labels, "train_idx": np.sort(train_idx), "val_idx": np.sort(val_idx),
+            "test_idx": np.sort(test_idx)}
+
+
+@dataclass
+class DigitsData:
+    """The seed-independent part: the split and the normalised images of each part."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    train: Pair
+    val: Pair
+    test: Pair
+    info: Dict[str, str]
+
+
+def prepare(cfg) -> DigitsData:
+    import sklearn
+
+    data = load_split(cfg.val_fraction, cfg.test_fraction)
+    images, labels = data["images"], data["labels"]
+    train_idx = data["train_idx"]
+    mean = float(images[train_idx].mean())
+    std = float(images[train_idx].std())
+    normed = (images - mean) / std
+
+    def part(idx: np.ndarray) -> Pair:
+        return torch.from_numpy(normed[idx]), torch.from_numpy(labels[idx])
+
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    info = {
+        "dataset": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
+        "dataset_sha256": digest,
+        "train_images": str(len(train_idx)),
+        "val_images": str(len(data["val_idx"])),
+        "test_images": str(len(data["test_idx"])),
+        "split": f"stratified, random_state={SPLIT_RANDOM_STATE}",
+        "normalisation": f"x/16, then (x - {mean:.6f}) / {std:.6f}",
+    }
+    return DigitsData(train_idx, data["val_idx"], data["test_idx"], part(train_idx), part(data["val_idx"]),
+                      part(data["test_idx"]), info)
 
 
 class DigitsTask(Task):
     """8x8 digit classification for the vision heads (gMLP or Transformer over patches)."""
 
-    def __init__(self, cfg, seed: int):
-        import sklearn
-
-        data = load_split(cfg.val_fraction)
-        images, labels = data["images"], data["labels"]
-        self.train_idx, self.val_idx = data["train_idx"], data["val_idx"]
-        mean = float(images[self.train_idx].mean())
-        std = float(images[self.train_idx].std())
-        normed = (images - mean) / std
-        self._train_x = torch.from_numpy(normed[self.train_idx])
-        self._train_y = torch.from_numpy(labels[self.train_idx])
-        self._val = (torch.from_numpy(normed[self.val_idx]), torch.from_numpy(labels[self.val_idx]))
-        digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
-        info = {
-            "dataset": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
-            "dataset_sha256": digest,
-            "train_images": str(len(self.train_idx)),
-            "val_images": str(len(self.val_idx)),
-            "split": f"stratified, random_state={SPLIT_RANDOM_STATE}",
-            "normalisation": f"x/16, then (x - {mean:.6f}) / {std:.6f}",
-        }
-        super().__init__(name="digits", shape=shape(cfg), metrics=("val/acc", "val/loss"), info=info)
+    def __init__(self, cfg, seed: int, data: DigitsData):
+        super().__init__(name="digits", shape=shape(cfg), metrics=("val/acc", "val/loss"), info=dict(data.info))
+        self.data = data
+        self.train_idx, self.val_idx, self.test_idx = data.train_idx, data.val_idx, data.test_idx
+        self._train_x, self._train_y = data.train
         self.seed = seed
         self._perms: Dict[int, torch.Tensor] = {}
 
@@ -128,10 +121,13 @@ class DigitsTask(Task):
         rows = self.train_indices(step, batch_size)
         return self._train_x[rows], self._train_y[rows]
 
-    def val_set(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self._val
+    def val_set(self) -> Pair:
+        return self.data.val
+
+    def test_set(self) -> Pair:
+        return self.data.test
 
 
-def build(cfg, seed: int) -> DigitsTask:
-    return DigitsTask(cfg, seed)
+def build(cfg, seed: int, data: DigitsData) -> DigitsTask:
+    return DigitsTask(cfg, seed, data)
 

@@ -4,46 +4,25 @@ Each window of ``seq_len`` bytes has ``k = max(1, round(mask_prob * seq_len))`` 
 predicted, chosen uniformly without replacement; of those 80% become ``[MASK]``, 10% a
 uniformly random byte and 10% stay as they are (BERT). Targets are the original bytes at the
 predicted positions and ``IGNORE_INDEX`` elsewhere. Train windows and masks are random per
-(seed, step); the validation windows (spread evenly over the val stream, non-overlapping,
-covering up to ``val_tokens`` tokens) and their masks are fixed and the same for every seed.
+(seed, step); the val and test windows (:mod:`gmlp_ablate.tasks.text`) and their masks are
+fixed and the same for every seed.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
-from gmlp_ablate.config import ConfigError
-from gmlp_ablate.tasks.base import IGNORE_INDEX, Task, TaskShape, generator
-from gmlp_ablate.tasks.charlm import corpus_for
-from gmlp_ablate.tasks.corpus import (
-    Corpus,
-    check_lm_config,
-    check_stream_fits,
-    gather_windows,
-    max_spaced_windows,
-    random_windows,
-    spaced_starts,
-)
+from gmlp_ablate.tasks.base import IGNORE_INDEX, generator
+from gmlp_ablate.tasks.corpus import random_windows
+from gmlp_ablate.tasks.rules import MASK_ID, shape
+from gmlp_ablate.tasks.text import TextData, TextTask, prepare_text
 
-DEFAULT_SEQ_LEN = 128
-MASK_ID = 256
-VOCAB_SIZE = 257
 TRAIN_STREAM = 21
-VAL_SEED, VAL_STREAM = 0, 22
-"""The validation masks use a fixed seed: every trial seed is scored on the same set."""
-
-
-def validate(cfg, prefix: str = "task.") -> None:
-    check_lm_config(cfg, prefix, DEFAULT_SEQ_LEN)
-    if not 0.0 < cfg.mask_prob < 1.0:
-        raise ConfigError(f"{prefix}mask_prob", f"must be in (0, 1), got {cfg.mask_prob}")
-
-
-def shape(cfg) -> TaskShape:
-    seq_len = DEFAULT_SEQ_LEN if cfg.seq_len is None else cfg.seq_len
-    return TaskShape(kind="tokens", seq_len=seq_len, causal=False, vocab_size=VOCAB_SIZE)
+HELD_OUT_SEED = 0
+"""The held-out masks use a fixed seed: every trial seed is scored on the same sets."""
+HELD_OUT_STREAM = {"val": 22, "test": 23}
 
 
 def mask_tokens(tokens: torch.Tensor, mask_prob: float, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -60,43 +39,29 @@ def mask_tokens(tokens: torch.Tensor, mask_prob: float, gen: torch.Generator) ->
     return x, y
 
 
-class MLMTask(Task):
+def prepare(cfg) -> TextData:
+    """The seed-independent data: the corpus and its masked held-out windows."""
+
+    def masked(w: torch.Tensor, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        return mask_tokens(w, cfg.mask_prob, generator(HELD_OUT_SEED, HELD_OUT_STREAM[split]))
+
+    data = prepare_text(cfg, masked)
+    data.info["mask_prob"] = str(cfg.mask_prob)
+    return data
+
+
+class MLMTask(TextTask):
     """Masked byte LM over a :class:`~gmlp_ablate.tasks.corpus.Corpus`."""
 
-    def __init__(self, cfg, seed: int, corpus: Optional[Corpus] = None):
-        corpus = corpus if corpus is not None else corpus_for(cfg)
-        sh = shape(cfg)
-        L = sh.seq_len
-        check_stream_fits(corpus, L, L)
-        n_windows = min(max(1, cfg.val_tokens // L), max_spaced_windows(len(corpus.val), L, L))
-        info = corpus.info()
-        info.update({"val_windows": str(n_windows), "mask_prob": str(cfg.mask_prob)})
-        super().__init__(name="mlm", shape=sh, metrics=("val/ppl", "val/loss"), info=info)
-        self.seed = seed
+    def __init__(self, cfg, seed: int, data: TextData):
+        super().__init__("mlm", shape(cfg), ("val/ppl", "val/loss"), data, seed)
         self.mask_prob = cfg.mask_prob
-        self.corpus = corpus
-        self._val_starts = spaced_starts(len(corpus.val), L, L, n_windows)
-        self._val: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-
-    @property
-    def train_files(self):
-        return self.corpus.train_files
-
-    @property
-    def val_files(self):
-        return self.corpus.val_files
 
     def train_batch(self, step: int, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
         g = generator(self.seed, TRAIN_STREAM, step)
         w = random_windows(self.corpus.train, self.shape.seq_len, batch_size, g)
         return mask_tokens(w, self.mask_prob, g)
 
-    def val_set(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._val is None:
-            w = gather_windows(self.corpus.val, self._val_starts, self.shape.seq_len)
-            self._val = mask_tokens(w, self.mask_prob, generator(VAL_SEED, VAL_STREAM))
-        return self._val
 
-
-def build(cfg, seed: int) -> MLMTask:
-    return MLMTask(cfg, seed)
+def build(cfg, seed: int, data: TextData) -> MLMTask:
+    return MLMTask(cfg, seed, data)

@@ -21,41 +21,13 @@ from typing import Optional, Tuple
 
 import torch
 
-from gmlp_ablate.config import ConfigError
-from gmlp_ablate.tasks.base import IGNORE_INDEX, Task, TaskShape, generator
+from gmlp_ablate.tasks.base import IGNORE_INDEX, Task, generator
+from gmlp_ablate.tasks.rules import shape
 
-DEFAULT_SEQ_LEN = 64
 POWER_A = 0.01
 """Zoology's ``power_a``: 1.0 would place the queries uniformly."""
-TRAIN_STREAM, VAL_STREAM = 31, 32
-
-
-def validate(cfg, prefix: str = "task.") -> None:
-    """Config checks: sizes that leave room for the context, the queries and distinct keys."""
-    K = cfg.num_kv_pairs
-    if K < 1:
-        raise ConfigError(f"{prefix}num_kv_pairs", f"must be >= 1, got {K}")
-    if cfg.vocab_size // 2 - 1 < K:
-        raise ConfigError(
-            f"{prefix}vocab_size",
-            f"vocab_size={cfg.vocab_size} leaves {max(0, cfg.vocab_size // 2 - 1)} key tokens "
-            f"(1 .. vocab_size//2 - 1) for {K} distinct keys: need vocab_size >= {2 * K + 2}",
-        )
-    seq_len = DEFAULT_SEQ_LEN if cfg.seq_len is None else cfg.seq_len
-    if seq_len < 4 * K:
-        key = f"{prefix}seq_len" if cfg.seq_len is not None else f"{prefix}num_kv_pairs"
-        raise ConfigError(
-            key,
-            f"seq_len={seq_len} is too short for num_kv_pairs={K}: the context takes 2*K "
-            f"tokens and the K queries with their answers another 2*K (need seq_len >= {4 * K})",
-        )
-    if cfg.num_val <= 0:
-        raise ConfigError(f"{prefix}num_val", f"must be > 0, got {cfg.num_val}")
-
-
-def shape(cfg) -> TaskShape:
-    seq_len = DEFAULT_SEQ_LEN if cfg.seq_len is None else cfg.seq_len
-    return TaskShape(kind="tokens", seq_len=seq_len, causal=True, vocab_size=cfg.vocab_size)
+TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 31, 32, 33
+"""Generator streams of the train batches, the val set and the test set (per seed)."""
 
 
 def _distinct(gen: torch.Generator, batch: int, low: int, high: int, k: int) -> torch.Tensor:
@@ -93,7 +65,8 @@ def multiquery_ar(
 
 
 class MQARTask(Task):
-    """Multi-query associative recall; train data generated per (seed, step)."""
+    """Multi-query associative recall: train batches generated per (seed, step); val and test
+    sets of ``num_val`` examples each, fixed per seed, from streams of their own."""
 
     def __init__(self, cfg, seed: int):
         sh = shape(cfg)
@@ -102,12 +75,14 @@ class MQARTask(Task):
             "num_kv_pairs": str(cfg.num_kv_pairs),
             "vocab_size": str(cfg.vocab_size),
             "num_val": str(cfg.num_val),
+            "num_test": str(cfg.num_val),
         }
         super().__init__(name="mqar", shape=sh, metrics=("val/acc", "val/loss"), info=info)
         self.seed = seed
         self.num_kv_pairs = cfg.num_kv_pairs
         self.num_val = cfg.num_val
         self._val: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def _make(self, gen: torch.Generator, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         return multiquery_ar(gen, batch, self.shape.seq_len, self.shape.vocab_size, self.num_kv_pairs)
@@ -120,6 +95,16 @@ class MQARTask(Task):
             self._val = self._make(generator(self.seed, VAL_STREAM), self.num_val)
         return self._val
 
+    def test_set(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._test is None:
+            self._test = self._make(generator(self.seed, TEST_STREAM), self.num_val)
+        return self._test
 
-def build(cfg, seed: int) -> MQARTask:
+
+def prepare(cfg) -> None:
+    """Nothing to share between seeds: every set is generated from the seed."""
+    return None
+
+
+def build(cfg, seed: int, data: None = None) -> MQARTask:
     return MQARTask(cfg, seed)
