@@ -1,18 +1,20 @@
-"""MLflow on the run side: experiments, the parent run, nested trial runs, resume lookups.
+"""MLflow on the run side: experiments, the parent run, nested trial runs, claims, lookups.
 
-Layout (DESIGN.md section 4): experiment = sweep name; one parent run per invocation of
-``gmlp_ablate.run``; one nested child run per trial (tag ``mlflow.parentRunId``), with the
-whole resolved trial config as dotted params and the tags below. All writes go through one
-``MlflowClient`` in the driver (batched with ``log_batch``), so a sweep has one writer per
-store; "database is locked" from a second process on the same sqlite file is retried, and
-the first creation (schema migration) of a sqlite store is serialised across processes by an
-``flock`` on the store's folder (two drivers started at once on a new store both work).
+Layout: experiment = sweep name; one parent run per invocation of ``gmlp_ablate.run``; one
+nested child run per trial (tag ``mlflow.parentRunId``), with the whole resolved trial config
+as dotted params and the tags of :mod:`gmlp_ablate.names`. All writes go through one
+``MlflowClient`` in the driver (batched with ``log_batch``); "database is locked" from another
+process on the same sqlite file is retried, and the first creation (schema migration) of a
+sqlite store is serialised across processes by an ``flock`` on the store's folder.
 
-URIs are checked in two stages: :func:`check_uri` (no MLflow import: scheme, sqlite folder,
-a TCP connect to a server) so that bad input fails in a fraction of a second and creates
-nothing, then :meth:`Tracker.check` (a real request).
+URIs are checked in stages: :func:`check_uri` (no MLflow import, nothing created: scheme,
+sqlite folder, that an existing sqlite file is an MLflow store, a TCP connect to a server),
+then :meth:`Tracker.check` (writability, then a real request). A dry run reads a sqlite store
+read-only (:func:`finished_keys_readonly`) and never opens it through MLflow, which would
+migrate it.
 
-This is the only module on the run side that imports MLflow.
+This module is MLflow I/O only: what a run's tags mean for the driver that wrote them is
+:mod:`gmlp_ablate.liveness`; who runs which trial is :mod:`gmlp_ablate.claims`.
 """
 
 from __future__ import annotations
@@ -22,43 +24,39 @@ import functools
 import json
 import os
 import socket
+import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar
 from urllib.parse import urlsplit
 
-from gmlp_ablate.config import Sweep, Trial, did_you_mean, flatten, to_dict
-
-from gmlp_ablate.names import (  # noqa: F401  (re-exported for the run side)
+from gmlp_ablate.names import (
     PARENT,
     TAG_ARM,
     TAG_BASELINE,
     TAG_BASELINES,
-    TAG_COMMIT,
+    TAG_COMMAND,
     TAG_ERROR,
     TAG_FACTORS,
     TAG_FAILURE,
-    TAG_HEARTBEAT,
-    TAG_HOST,
     TAG_KEY,
     TAG_METRIC,
     TAG_METRIC_MODE,
-    TAG_PID,
-    TAG_PID_START,
-    TAG_RESTART_REASON,
-    TAG_RESTARTS,
+    TAG_NOTE,
+    TAG_PARENT_RUN,
     TAG_ROLE,
     TAG_SEED,
     TAG_SWEEP,
-    TAG_WORKER,
     TRIAL,
 )
-
-HEARTBEAT_STALE_S = 600.0
-"""A RUNNING parent whose heartbeat is older than this is considered dead (any host)."""
+from gmlp_ablate.schema import did_you_mean
+from gmlp_ablate.trial import flatten, to_dict
 
 _T = TypeVar("_T")
+LOCKED_RETRY_S = 120.0
+"""How long a write waits for another process's sqlite write lock."""
 
 
 class TrackingError(RuntimeError):
@@ -73,13 +71,29 @@ def default_tracking_uri(cwd: Optional[str] = None) -> str:
 SERVER_SCHEMES = ("http", "https")
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 OTHER_SCHEMES = ("file", "databricks", "databricks-uc", "uc")
+_MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _sqlite_tables(path: Path) -> List[str]:
+    """The tables of an existing sqlite file, opened read-only (creates and changes nothing)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    finally:
+        con.close()
 
 
 def check_uri(uri: Optional[str]) -> str:
     """The normalised URI, or TrackingError with one line naming the problem.
 
     Cheap and side-effect free (no MLflow import, nothing created): a known scheme, an
-    existing folder for a sqlite file, a TCP connection to an HTTP server.
+    existing folder for a sqlite file, an existing non-empty sqlite file that is an MLflow
+    store (never someone else's database), a TCP connection to an HTTP server.
     """
     uri = normalize_uri(uri)
     parts = urlsplit(uri)
@@ -97,8 +111,15 @@ def check_uri(uri: Optional[str]) -> str:
             raise TrackingError(f"tracking URI {uri!r}: {path} is a folder, expected a database file")
         if not path.parent.is_dir():
             raise TrackingError(f"tracking URI {uri!r}: folder {path.parent} does not exist")
-        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise TrackingError(f"tracking URI {uri!r}: {path if path.exists() else path.parent} is not writable")
+        if path.exists() and path.stat().st_size > 0:
+            try:
+                tables = set(_sqlite_tables(path))
+            except sqlite3.Error as e:
+                raise TrackingError(f"tracking URI {uri!r}: {path} is not an MLflow store ({e})") from None
+            if tables and not _MLFLOW_TABLES <= tables:
+                shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+                raise TrackingError(f"tracking URI {uri!r}: {path} is a database that is not an MLflow store "
+                                    f"(tables: {shown}); MLflow would add its tables to it")
     elif scheme in SERVER_SCHEMES:
         if not parts.hostname:
             raise TrackingError(f"tracking URI {uri!r}: no host")
@@ -115,6 +136,61 @@ def check_uri(uri: Optional[str]) -> str:
     return uri
 
 
+def check_writable(uri: str) -> None:
+    """TrackingError unless a sqlite store can be written (its file, or a new file in its folder).
+
+    An actual attempt (``os.access`` says yes to root even on a read-only mount); a probe
+    file is removed at once. Other stores: nothing to check here.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR))
+        else:
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".gmlp_ablate_probe_")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        what = path if path.exists() else path.parent
+        raise TrackingError(f"tracking URI {uri!r}: {what} is not writable ({e.strerror or e})") from None
+
+
+def finished_keys_readonly(uri: str, experiment: str) -> Optional[Dict[str, str]]:
+    """trial_key -> run id of the FINISHED trial runs of ``experiment``, read without writing.
+
+    A sqlite store is read with a read-only connection (MLflow would migrate or seed it); a
+    server is asked (reads change nothing there). None when this cannot be known without
+    writing (another database, a missing or foreign file).
+    """
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.exists() or path.stat().st_size == 0:
+            return {}
+        try:
+            if not _MLFLOW_TABLES <= set(_sqlite_tables(path)):
+                return None
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = con.execute(
+                    "SELECT k.value, r.run_uuid FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                    "JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = ? "
+                    "JOIN tags o ON o.run_uuid = r.run_uuid AND o.key = ? AND o.value = ? "
+                    "WHERE e.name = ? AND r.status = 'FINISHED' AND r.lifecycle_stage = 'active' ORDER BY r.end_time",
+                    (TAG_KEY, TAG_ROLE, TRIAL, experiment)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None
+        return {k: rid for k, rid in rows}
+    if urlsplit(uri).scheme in SERVER_SCHEMES:
+        tracker = Tracker(uri)
+        eid = tracker.experiment_id(experiment, create=False)
+        return tracker.finished_keys(eid) if eid else {}
+    return None
+
+
 @contextlib.contextmanager
 def _store_creation_lock(uri: str) -> Iterator[None]:
     """Serialise the first use of a sqlite store across processes (its schema migration races).
@@ -122,12 +198,13 @@ def _store_creation_lock(uri: str) -> Iterator[None]:
     An exclusive ``flock`` on the folder holding the database (no lock file is created);
     a no-op for other stores. Held only while the client (and so the schema) is created.
     """
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         yield
         return
     import fcntl
 
-    fd = os.open(Path(uri[len("sqlite:///"):]).parent, os.O_RDONLY)
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -151,12 +228,12 @@ def _retry_locked(fn: Callable[..., _T]) -> Callable[..., _T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> _T:
         delay = 0.05
-        deadline = time.monotonic() + 120.0
+        deadline = time.monotonic() + LOCKED_RETRY_S
         while True:
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # MlflowException wraps sqlalchemy OperationalError
-                if "locked" not in str(e).lower() or time.monotonic() > deadline:
+                if "database is locked" not in str(e).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -178,21 +255,20 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _process_start(pid: int) -> Optional[float]:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _already_exists(e: Exception) -> bool:
+    return "RESOURCE_ALREADY_EXISTS" in str(getattr(e, "error_code", "")) or "already exists" in str(e).lower()
+
+
+def _not_found(e: Exception) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower()
+
+
 class Tracker:
-    """All MLflow writes and run-side lookups of a sweep driver."""
+    """All MLflow reads and writes of a sweep driver."""
 
     def __init__(self, tracking_uri: Optional[str] = None):
         self.uri = normalize_uri(tracking_uri)
@@ -206,20 +282,17 @@ class Tracker:
 
             try:
                 with _store_creation_lock(self.uri):
-                    self._client = MlflowClient(tracking_uri=self.uri)
+                    self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             except Exception as e:
-                raise TrackingError(f"tracking URI {self.uri!r} is not usable: {_one_line(e)}") from None
+                raise TrackingError(f"tracking URI {self.uri!r} is not usable: {one_line(e)}") from None
         return self._client
-
-    def store_exists(self) -> bool:
-        """False for a sqlite store whose file does not exist yet (servers: True)."""
-        return not self.uri.startswith("sqlite:///") or Path(self.uri[len("sqlite:///"):]).exists()
 
     # ----------------------------------------------------------------- checks
     def check(self) -> None:
         """Raise TrackingError unless the store answers (creates nothing on a server; creates
         and migrates a new sqlite file)."""
         check_uri(self.uri)
+        check_writable(self.uri)
         client = self.client
         # Fail fast here (a server that answers with errors is not retried for minutes); the
         # sweep's own writes keep MLflow's retries, so a server restart is only a pause.
@@ -229,7 +302,7 @@ class Tracker:
         try:
             client.search_experiments(max_results=1)
         except Exception as e:
-            why = _one_line(e).split(" Response body:")[0]
+            why = one_line(e).split(" Response body:")[0]
             raise TrackingError(f"tracking URI {self.uri!r} does not answer as an MLflow store: {why}") from None
         finally:
             for k, v in saved.items():
@@ -256,27 +329,23 @@ class Tracker:
                 raise
             return exp.experiment_id
 
-    # ------------------------------------------------------------------ parent
+    # ------------------------------------------------------------------- runs
     @_retry_locked
-    def start_parent(self, experiment_id: str, sweep: Sweep, command: str) -> str:
-        """Create the sweep's parent run for this invocation; returns its run id."""
+    def start_parent(self, experiment_id: str, sweep: Any, command: str, tags: Dict[str, str]) -> str:
+        """Create the sweep's parent run for this invocation (with ``tags``); returns its id."""
         c = sweep.config
-        tags = {
+        all_tags = {
             TAG_ROLE: PARENT,
             TAG_SWEEP: c.name,
             TAG_FACTORS: json.dumps(sweep.factor_keys),
             TAG_BASELINES: json.dumps(list(c.baselines.keys())),
             TAG_METRIC: c.metric.name,
             TAG_METRIC_MODE: c.metric.mode,
-            TAG_COMMIT: git_commit(),
-            TAG_HOST: socket.gethostname(),
-            TAG_PID: str(os.getpid()),
-            TAG_PID_START: str(_process_start(os.getpid()) or ""),
-            TAG_HEARTBEAT: str(time.time()),
-            "mlflow.note.content": c.description or c.name,
-            "command": command[:5000],
+            TAG_NOTE: c.description or c.name,
+            TAG_COMMAND: command[:5000],
+            **tags,
         }
-        run = self.client.create_run(experiment_id, tags=tags, run_name=f"{c.name} sweep")
+        run = self.client.create_run(experiment_id, tags=all_tags, run_name=f"{c.name} sweep")
         rid = run.info.run_id
         params = {
             "sweep.name": c.name,
@@ -291,20 +360,12 @@ class Tracker:
         self._log(rid, params=params)
         return rid
 
-    def heartbeat(self, parent_id: str) -> None:
-        self._log(parent_id, tags={TAG_HEARTBEAT: str(time.time())})
-
     @_retry_locked
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
-
-    # ------------------------------------------------------------------ trials
-    @_retry_locked
-    def start_trial(self, experiment_id: str, parent_id: str, trial: Trial, sweep_name: str,
+    def start_trial(self, experiment_id: str, parent_id: str, trial: Any, sweep_name: str,
                     extra_tags: Optional[Dict[str, str]] = None) -> str:
         """Create the nested run of one trial, with its config as params; returns the run id."""
         tags = {
-            "mlflow.parentRunId": parent_id,
+            TAG_PARENT_RUN: parent_id,
             TAG_ROLE: TRIAL,
             TAG_SWEEP: sweep_name,
             TAG_KEY: trial.key,
@@ -320,49 +381,65 @@ class Tracker:
         self._log(rid, params=params)
         return rid
 
+    @_retry_locked
+    def reopen_trial(self, run_id: str, parent_id: str, tags: Dict[str, str]) -> int:
+        """Continue a trial run an earlier invocation left unfinished: RUNNING again, nested
+        under ``parent_id``, its failure tags removed; returns the last step it logged."""
+        run = self.client.get_run(run_id)
+        for key in (TAG_FAILURE, TAG_ERROR):
+            if key in run.data.tags:
+                self.client.delete_tag(run_id, key)
+        self._log(run_id, tags={**tags, TAG_PARENT_RUN: parent_id})
+        self.client.update_run(run_id, status="RUNNING")
+        last = -1
+        for key in run.data.metrics:
+            steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+            last = max([last, *steps])
+        return last
+
+    @_retry_locked
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
     def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
         """Log many metrics at one step in one call."""
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
-        self._batch(run_id, metrics=batch)
-
-    def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
-        self._log(run_id, params=params)
+        self._batch(run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
 
     def set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
         self._log(run_id, tags=tags)
 
     def end_trial(self, run_id: str, status: str = "FINISHED", error: Optional[str] = None,
-                  failure: Optional[str] = None, tags: Optional[Dict[str, Any]] = None) -> None:
+                  failure: Optional[str] = None) -> None:
         """Close a trial run; a failed one carries its reason in tags."""
-        extra = dict(tags or {})
+        extra: Dict[str, str] = {}
         if error is not None:
-            extra[TAG_ERROR] = _one_line(error)[:4900]
+            extra[TAG_ERROR] = one_line(error)[:4900]
         if failure is not None:
             extra[TAG_FAILURE] = failure
         if extra:
             self._log(run_id, tags=extra)
         self.end_run(run_id, status)
 
-    @_retry_locked
-    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifacts(run_id, local_dir, artifact_path)
-
     # ----------------------------------------------------------------- lookups
     @_retry_locked
     def search(self, experiment_id: str, filter_string: str = "") -> List[Any]:
-        """All runs of an experiment matching a filter (every page)."""
-        out: List[Any] = []
-        token = None
-        while True:
-            page = self.client.search_runs([experiment_id], filter_string=filter_string,
-                                           max_results=5000, page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        """All runs of an experiment matching a filter (MLflow pages through them)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)  # mlflow.search_runs reads the process's tracking URI
+        return mlflow.search_runs([experiment_id], filter_string=filter_string, output_format="list")
+
+    @_retry_locked
+    def get_run(self, run_id: str) -> Optional[Any]:
+        try:
+            return self.client.get_run(run_id)
+        except Exception as e:
+            if _not_found(e):
+                return None
+            raise
 
     def finished_runs_by_key(self, experiment_id: str) -> Dict[str, Any]:
         """trial_key -> the latest FINISHED trial run, over every invocation of the sweep."""
@@ -377,56 +454,49 @@ class Tracker:
         """trial_key -> run id of its latest FINISHED trial run."""
         return {k: r.info.run_id for k, r in self.finished_runs_by_key(experiment_id).items()}
 
-    def running_elsewhere(self, experiment_id: str) -> Dict[str, str]:
-        """trial_key -> run id of trials RUNNING under another live driver."""
-        live_parents = {r.info.run_id for r in self._running(experiment_id, PARENT) if not self._is_dead(r)}
-        return {
-            r.data.tags[TAG_KEY]: r.info.run_id
-            for r in self._running(experiment_id, TRIAL)
-            if r.data.tags.get("mlflow.parentRunId") in live_parents and TAG_KEY in r.data.tags
-        }
+    def trial_runs(self, experiment_id: str, key: str) -> List[Any]:
+        """Every trial run of one trial key, oldest first."""
+        runs = self.search(experiment_id, f"tags.`{TAG_ROLE}` = '{TRIAL}' and tags.`{TAG_KEY}` = '{key}'")
+        return sorted(runs, key=lambda r: r.info.start_time or 0)
 
-    def close_stale(self, experiment_id: str) -> List[str]:
-        """Close runs left RUNNING by a driver that died: parents and their trials -> FAILED."""
-        parents = self._running(experiment_id, PARENT)
-        dead = {r.info.run_id for r in parents if self._is_dead(r)}
-        all_parents_running = {r.info.run_id for r in parents}
-        closed: List[str] = []
-        for r in self._running(experiment_id, TRIAL):
-            parent = r.data.tags.get("mlflow.parentRunId")
-            if parent in dead or parent not in all_parents_running:
-                self.end_trial(r.info.run_id, "FAILED", error="the sweep driver stopped before this trial ended",
-                               failure="driver_lost")
-                closed.append(r.info.run_id)
-        for rid in dead:
-            self.set_tags(rid, {TAG_ERROR: "the sweep driver stopped before the sweep ended", TAG_FAILURE: "driver_lost"})
-            self.end_run(rid, "FAILED")
-            closed.append(rid)
-        return closed
-
-    def _running(self, experiment_id: str, role: str) -> List[Any]:
+    def running(self, experiment_id: str, role: str) -> List[Any]:
+        """RUNNING runs of one role (PARENT or TRIAL)."""
         return self.search(experiment_id, f"tags.`{TAG_ROLE}` = '{role}' and attributes.status = 'RUNNING'")
 
-    @staticmethod
-    def _is_dead(parent: Any) -> bool:
-        tags = parent.data.tags
+    # ------------------------------------------------------------------ claims
+    @_retry_locked
+    def create_unique(self, name: str, tags: Dict[str, str]) -> bool:
+        """Create the registered model ``name`` with ``tags``; False if the name exists.
+
+        The store enforces unique registered-model names (a primary key in a database
+        store, so also behind a server): of several processes creating one name, exactly one
+        succeeds. See :mod:`gmlp_ablate.claims`.
+        """
         try:
-            beat = float(tags.get(TAG_HEARTBEAT, "0"))
-        except ValueError:
-            beat = 0.0
-        if time.time() - beat > HEARTBEAT_STALE_S:
+            self.client.create_registered_model(name, tags=tags)
             return True
-        if tags.get(TAG_HOST) != socket.gethostname():
-            return False  # another machine: only the heartbeat can tell
+        except Exception as e:
+            if _already_exists(e):
+                return False
+            raise
+
+    @_retry_locked
+    def unique_tags(self, name: str) -> Optional[Dict[str, str]]:
+        """The tags of registered model ``name``, or None if it does not exist."""
         try:
-            pid = int(tags.get(TAG_PID, "-1"))
-        except ValueError:
-            return True
-        start = _process_start(pid)
-        if start is None:
-            return True
-        recorded = tags.get(TAG_PID_START, "")
-        return bool(recorded) and abs(float(recorded) - start) > 1.0  # pid reused by another process
+            return dict(self.client.get_registered_model(name).tags)
+        except Exception as e:
+            if _not_found(e):
+                return None
+            raise
+
+    @_retry_locked
+    def delete_unique(self, name: str) -> None:
+        try:
+            self.client.delete_registered_model(name)
+        except Exception as e:
+            if not _not_found(e):
+                raise
 
     # ---------------------------------------------------------------- writes
     def _log(self, run_id: str, params: Optional[Dict[str, Any]] = None, tags: Optional[Dict[str, Any]] = None) -> None:
@@ -452,7 +522,8 @@ def _param(v: Any) -> str:
     return str(v)[:6000]
 
 
-def _one_line(e: Any) -> str:
+def one_line(e: Any) -> str:
+    """The line of an error's text that says what went wrong."""
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return (lines[-1] if lines and len(lines[0]) < 8 else lines[0] if lines else type(e).__name__).strip()

@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from gmlp_ablate import run
-from gmlp_ablate.config import load_sweep
+from gmlp_ablate.sweep import load_sweep
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +201,6 @@ def test_missing_sweep_file_exits_2(tmp_path):
     ],
 )
 def test_gpu_per_trial(resources, cluster_gpus, expected):
-    from gmlp_ablate.config import ResourcesConfig
+    from gmlp_ablate.sweep import ResourcesConfig
 
     assert run.gpu_per_trial(ResourcesConfig(**resources), cluster_gpus) == pytest.approx(expected)
