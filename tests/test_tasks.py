@@ -464,18 +464,36 @@ def test_bad_corpus_paths(tmp_path):
     assert e.value.key == "task.corpus"
 
 
-def test_corpus_too_small_fails_validation_naming_the_path(tmp_path):
-    one_byte, twenty = tmp_path / "one.txt", tmp_path / "twenty.txt"
-    one_byte.write_bytes(b"a")
-    twenty.write_bytes(b"x = 1\n" * 3 + b"ab")
-    _raises(TaskConfig(name="charlm", corpus=str(one_byte)), "task.corpus", str(one_byte), "train, val and test")
-    _raises(TaskConfig(name="mlm", corpus=str(twenty)), "task.seq_len", str(twenty), "seq_len=128")
-    two_files = tmp_path / "two"
-    two_files.mkdir()
+def _small_corpus(tmp_path: Path, kind: str) -> Path:
+    if kind == "1 byte":
+        (tmp_path / "one.txt").write_bytes(b"a")
+        return tmp_path / "one.txt"
+    if kind == "20 bytes":
+        (tmp_path / "twenty.txt").write_bytes(b"x = 1\n" * 3 + b"ab")
+        return tmp_path / "twenty.txt"
+    folder = tmp_path / "two"
+    folder.mkdir()
     for name in ("a.txt", "b.md"):
-        (two_files / name).write_bytes(b"hello world\n" * 100)
-    _raises(TaskConfig(name="charlm", corpus=str(two_files), seq_len=16), "task.corpus", str(two_files),
-            "at least 3")
+        (folder / name).write_bytes(b"hello world\n" * 100)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name, kind, seq_len, key, fragment",
+    [
+        ("charlm", "1 byte", None, "task.corpus", "1 byte(s) cannot be cut into train, val and test"),
+        ("charlm", "20 bytes", None, "task.seq_len", "needs windows of 129 bytes"),
+        ("mlm", "20 bytes", None, "task.seq_len", "needs windows of 128 bytes"),
+        ("charlm", "2 files", 16, "task.corpus", "only 2 non-empty file(s)"),
+    ],
+)
+def test_corpus_too_small_fails_validation_naming_the_path(tmp_path, name, kind, seq_len, key, fragment):
+    path = _small_corpus(tmp_path, kind)
+    _raises(TaskConfig(name=name, corpus=str(path), seq_len=seq_len, cache_dir=str(tmp_path)), key, str(path),
+            fragment)
+
+
+def test_stdlib_budget_too_small_for_three_parts_names_corpus_bytes():
     _raises(TaskConfig(name="charlm", corpus_bytes=1), "task.corpus_bytes", "python-stdlib", "at least 3")
 
 
