@@ -18,7 +18,7 @@ import torch
 
 from gmlp_ablate.models.config import ModelConfig
 from gmlp_ablate.schema import ConfigError
-from gmlp_ablate.tasks import IGNORE_INDEX, build_task, clear_task_cache, task_shape, validate_task
+from gmlp_ablate.tasks import IGNORE_INDEX, build_task, clear_task_cache, task_metrics, task_shape, validate_task
 from gmlp_ablate.tasks.charlm import unigram_entropy_bits, unigram_val_bits
 from gmlp_ablate.tasks.config import TaskConfig
 from gmlp_ablate.tasks.corpus import load_corpus
@@ -99,6 +99,8 @@ def test_shapes_dtypes_and_metrics(name, tasks, corpus_dir, cache_dir):
             assert task.shape.seq_len == 16 and task.shape.num_classes == 10
     assert set(task.derived_metrics(1.0, 0.5)) == set(task.metrics)
     assert set(task.derived_metrics(1.0, 0.5, "test")) == {m.replace("val/", "test/") for m in task.metrics}
+    assert task_metrics(_cfg(name, corpus_dir, cache_dir)) == (
+        *task.metrics, *(m.replace("val/", "test/") for m in task.metrics))
 
 
 @pytest.mark.parametrize("name", ["charlm", "mlm", "mqar", "digits"])
@@ -587,9 +589,11 @@ def test_errors_name_the_key_under_the_prefix():
     assert e.value.key == "grid[a].task.vocab_size"
 
 
-def test_validation_and_shapes_do_not_import_torch():
+def test_validation_and_metric_names_do_not_import_torch():
     code = ("import sys\nfrom gmlp_ablate.tasks import validate_task\nfrom gmlp_ablate.tasks.config import TaskConfig\n"
+            "from gmlp_ablate.tasks import task_metrics\n"
             "for name in ('charlm', 'mlm', 'mqar', 'digits'):\n    validate_task(TaskConfig(name=name))\n"
+            "    assert task_metrics(TaskConfig(name=name))\n"
             "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr

@@ -103,6 +103,14 @@ def test_metrics_reported_per_task():
     assert set(final) >= {"val/loss", "val/acc", "test/loss", "test/acc", "perf/tokens_per_s_mean", "model/params"}
 
 
+def test_final_metrics_hold_every_metric_the_task_declares():
+    from gmlp_ablate.tasks import task_metrics
+
+    cfg = _cfg()
+    _, final = _curve(cfg)
+    assert set(task_metrics(cfg.task)) <= set(final)
+
+
 def test_test_split_is_scored_once_at_the_end(tmp_path):
     rows, final = _curve(_cfg(), checkpoint_dir=str(tmp_path))
     assert [step for step, m in rows if any(k.startswith("test/") for k in m)] == [20]

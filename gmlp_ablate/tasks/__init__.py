@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Hashable, Tuple
 
+from gmlp_ablate.names import SPLIT_TEST, SPLIT_VAL
 from gmlp_ablate.schema import check, semantic_dict
 from gmlp_ablate.tasks import rules
 from gmlp_ablate.tasks.rules import IGNORE_INDEX
@@ -39,6 +40,7 @@ __all__ = [
     "build_task",
     "validate_task",
     "task_shape",
+    "task_metrics",
     "clear_task_cache",
     "unigram_entropy_bits",
     "unigram_val_bits",
@@ -72,6 +74,12 @@ def validate_task(task_cfg, prefix: str = "task.") -> None:
 def task_shape(task_cfg):
     """The task's :class:`~gmlp_ablate.models.config.TaskShape`, without loading its data."""
     return rules.shape(task_cfg)
+
+
+def task_metrics(task_cfg) -> Tuple[str, ...]:
+    """The held-out metrics the task reports: ``val/*`` (at every evaluation) then ``test/*``
+    (once, at the end), primary first in each."""
+    return rules.metrics(task_cfg.name, SPLIT_VAL) + rules.metrics(task_cfg.name, SPLIT_TEST)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from gmlp_ablate.names import SPLIT_VAL
 from gmlp_ablate.tasks.base import IGNORE_INDEX, generator
 from gmlp_ablate.tasks.corpus import random_windows
-from gmlp_ablate.tasks.rules import shape
+from gmlp_ablate.tasks.rules import metrics, shape
 from gmlp_ablate.tasks.text import TextData, TextTask, prepare_text
 
 TRAIN_STREAM = 11
@@ -33,7 +34,7 @@ class CharLMTask(TextTask):
     """Causal byte LM over a :class:`~gmlp_ablate.tasks.corpus.Corpus`."""
 
     def __init__(self, cfg, seed: int, data: TextData):
-        super().__init__("charlm", shape(cfg), ("val/bpb", "val/loss"), data, seed)
+        super().__init__("charlm", shape(cfg), metrics("charlm", SPLIT_VAL), data, seed)
 
     def train_batch(self, step: int, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
         L = self.shape.seq_len

@@ -19,8 +19,9 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
+from gmlp_ablate.names import SPLIT_VAL
 from gmlp_ablate.tasks.base import Task, generator
-from gmlp_ablate.tasks.rules import digits_split_sizes, shape
+from gmlp_ablate.tasks.rules import digits_split_sizes, metrics, shape
 
 SPLIT_RANDOM_STATE = 0
 TRAIN_STREAM = 41
@@ -91,7 +92,7 @@ class DigitsTask(Task):
     """8x8 digit classification for the vision heads (gMLP or Transformer over patches)."""
 
     def __init__(self, cfg, seed: int, data: DigitsData):
-        super().__init__(name="digits", shape=shape(cfg), metrics=("val/acc", "val/loss"), info=dict(data.info))
+        super().__init__(name="digits", shape=shape(cfg), metrics=metrics("digits", SPLIT_VAL), info=dict(data.info))
         self.data = data
         self.train_idx, self.val_idx, self.test_idx = data.train_idx, data.val_idx, data.test_idx
         self._train_x, self._train_y = data.train

@@ -14,9 +14,10 @@ from typing import Tuple
 
 import torch
 
+from gmlp_ablate.names import SPLIT_VAL
 from gmlp_ablate.tasks.base import IGNORE_INDEX, generator
 from gmlp_ablate.tasks.corpus import random_windows
-from gmlp_ablate.tasks.rules import MASK_ID, shape
+from gmlp_ablate.tasks.rules import MASK_ID, metrics, shape
 from gmlp_ablate.tasks.text import TextData, TextTask, prepare_text
 
 TRAIN_STREAM = 21
@@ -54,7 +55,7 @@ class MLMTask(TextTask):
     """Masked byte LM over a :class:`~gmlp_ablate.tasks.corpus.Corpus`."""
 
     def __init__(self, cfg, seed: int, data: TextData):
-        super().__init__("mlm", shape(cfg), ("val/ppl", "val/loss"), data, seed)
+        super().__init__("mlm", shape(cfg), metrics("mlm", SPLIT_VAL), data, seed)
         self.mask_prob = cfg.mask_prob
 
     def train_batch(self, step: int, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:

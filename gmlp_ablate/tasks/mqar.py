@@ -21,8 +21,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from gmlp_ablate.names import SPLIT_VAL
 from gmlp_ablate.tasks.base import IGNORE_INDEX, Task, generator
-from gmlp_ablate.tasks.rules import shape
+from gmlp_ablate.tasks.rules import metrics, shape
 
 POWER_A = 0.01
 """Zoology's ``power_a``: 1.0 would place the queries uniformly."""
@@ -77,7 +78,7 @@ class MQARTask(Task):
             "num_val": str(cfg.num_val),
             "num_test": str(cfg.num_val),
         }
-        super().__init__(name="mqar", shape=sh, metrics=("val/acc", "val/loss"), info=info)
+        super().__init__(name="mqar", shape=sh, metrics=metrics("mqar", SPLIT_VAL), info=info)
         self.seed = seed
         self.num_kv_pairs = cfg.num_kv_pairs
         self.num_val = cfg.num_val

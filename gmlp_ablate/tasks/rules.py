@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
+from gmlp_ablate.names import split_metric
 from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.tasks.sources import PARTS, Source, list_source, planned_files, planned_sizes
 
@@ -25,6 +26,9 @@ MASK_ID = 256
 """mlm: the ``[MASK]`` token, after the 256 byte values."""
 MLM_VOCAB = 257
 
+METRIC_KINDS = {"charlm": ("bpb", "loss"), "mlm": ("ppl", "loss"), "mqar": ("acc", "loss"), "digits": ("acc", "loss")}
+"""Each task's held-out metrics, primary first; reported as ``val/<kind>`` and ``test/<kind>``."""
+
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
 NUM_IMAGES = 1797
@@ -36,6 +40,11 @@ def seq_len_of(cfg) -> int:
     if cfg.name == "digits":
         return num_patches(cfg.patch_size)
     return DEFAULT_SEQ_LEN[cfg.name] if cfg.seq_len is None else cfg.seq_len
+
+
+def metrics(name: str, split: str) -> Tuple[str, ...]:
+    """The held-out metric keys task ``name`` reports for ``split``, primary first."""
+    return tuple(split_metric(split, kind) for kind in METRIC_KINDS[name])
 
 
 def window_width(cfg) -> int:
