@@ -47,7 +47,8 @@ def time_steps(step, batches, n: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def bench_row(args, causal: bool, attn_dim: Optional[int], compile_: bool) -> tuple:
+def build_pair(args, causal: bool, attn_dim: Optional[int]) -> tuple:
+    """(ours, reference) with the same configuration, in train mode on ``args.device``."""
     from g_mlp_pytorch import gMLP
 
     torch.manual_seed(0)
@@ -60,28 +61,47 @@ def bench_row(args, causal: bool, attn_dim: Optional[int], compile_: bool) -> tu
         ff_mult=args.ff_mult, attn_dim=attn_dim, causal=causal,
     ).to(device).train()
     assert ours.num_params() == sum(p.numel() for p in ref.parameters())
-    if compile_:
-        ours, ref = torch.compile(ours), torch.compile(ref)
-    steps = {"ours": make_step(ours, args.vocab), "ref": make_step(ref, args.vocab)}
+    return ours, ref
+
+
+def paired(args, steps: dict) -> tuple:
+    """Alternate timed measurements of the two steps in ``steps`` ({a: step, b: step});
+    return (a tok/s, b tok/s, median of the paired ratios b_time / a_time)."""
+    device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     batches = [
         (torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device),
          torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device))
         for _ in range(4)
     ]
-    for name in ("ours", "ref"):
+    a, b = steps
+    for name in (a, b):
         time_steps(steps[name], batches, args.warmup, device)
-    times = {"ours": [], "ref": []}
+    times = {a: [], b: []}
     for r in range(args.repeats):
-        order = ("ours", "ref") if r % 2 == 0 else ("ref", "ours")
-        for name in order:
+        for name in ((a, b) if r % 2 == 0 else (b, a)):
             times[name].append(time_steps(steps[name], batches, args.steps, device))
     tokens = args.batch * args.seq * args.steps
-    ours_tps = tokens / statistics.median(times["ours"])
-    ref_tps = tokens / statistics.median(times["ref"])
-    # paired: each measurement of ours against the adjacent one of the reference
-    ratio = statistics.median(r / o for o, r in zip(times["ours"], times["ref"]))
-    return ours_tps, ref_tps, ratio
+    # paired: each measurement of a against the adjacent one of b
+    ratio = statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+    return tokens / statistics.median(times[a]), tokens / statistics.median(times[b]), ratio
+
+
+def bench_row(args, causal: bool, attn_dim: Optional[int], compile_: bool) -> tuple:
+    """Ours against the reference, both eager or both compiled: (ours tok/s, ref tok/s, ours/ref)."""
+    ours, ref = build_pair(args, causal, attn_dim)
+    if compile_:
+        ours, ref = torch.compile(ours), torch.compile(ref)
+    return paired(args, {"ours": make_step(ours, args.vocab), "ref": make_step(ref, args.vocab)})
+
+
+def compile_row(args, causal: bool, attn_dim: Optional[int]) -> tuple:
+    """Ours compiled against ours eager (two copies of the same model): (compile tok/s,
+    eager tok/s, compile/eager speed ratio)."""
+    ours, _ = build_pair(args, causal, attn_dim)
+    eager, _ = build_pair(args, causal, attn_dim)
+    steps = {"compile": make_step(torch.compile(ours), args.vocab), "eager": make_step(eager, args.vocab)}
+    return paired(args, steps)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -124,6 +144,20 @@ def main(argv: Optional[List[str]] = None) -> None:
                     print(f"| {mode:7} | {row:24} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
                     continue
                 print(f"| {mode:7} | {row:24} | {ours:10.0f} | {ref:10.0f} | {ratio:8.2f} |", flush=True)
+    if not args.compile:
+        return
+    header = f"| {'ours':7} | {'row':24} | {'compile':>10} | {'eager':>10} | {'c/e':>8} |"
+    print("\nours compiled vs ours eager (c/e: median of the paired speed ratios)\n" + header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for causal in (True, False):
+        for attn_dim in (None, args.attn_dim):
+            row = f"{'causal' if causal else 'bidirectional'}, " + (f"attn {attn_dim}" if attn_dim else "no attn")
+            try:
+                comp, eager, ratio = compile_row(args, causal, attn_dim)
+            except Exception as e:  # torch.compile needs a working C++ toolchain
+                print(f"| {'':7} | {row:24} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+                continue
+            print(f"| {'':7} | {row:24} | {comp:10.0f} | {eager:10.0f} | {ratio:8.2f} |", flush=True)
 
 
 if __name__ == "__main__":
