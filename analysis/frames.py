@@ -265,7 +265,7 @@ def split_by_config(df: pd.DataFrame, current: pd.Series) -> Tuple[pd.DataFrame,
     return df[keep].reset_index(drop=True), df[~keep].reset_index(drop=True)
 
 
-FAILURE_COLUMNS = ["run_id", "parent_run_id", "arm", "seed", "trial_key", "failure", "error", "diverged", "resolved",
+FAILURE_COLUMNS = ["run_id", "parent_run_id", "arm", "baseline", "factors", "seed", "trial_key", "failure", "error", "diverged", "resolved",
                    "start_time", "start_ms", "signature"]
 
 
@@ -281,7 +281,7 @@ def failures_frame(trial_runs: Sequence[Any], finished_keys: Iterable[str]) -> p
         rec = _trial_record(r)
         rows.append({
             "run_id": rec["run_id"], "parent_run_id": rec["parent_run_id"], "arm": rec["arm"],
-            "seed": pd.to_numeric(rec["seed_tag"], errors="coerce"), "trial_key": rec["trial_key"],
+            "baseline": rec["baseline"], "factors": rec["factors"], "seed": pd.to_numeric(rec["seed_tag"], errors="coerce"), "trial_key": rec["trial_key"],
             "failure": rec["failure"] or "", "error": rec["error"] or "",
             "diverged": rec["failure"] == FAILURE_NONFINITE,
             "resolved": rec["trial_key"] in done, "start_time": rec["start_time"], "start_ms": rec["start_ms"],

@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+SPLITS = ("train/", "val/", "test/")
+"""Prefixes of per-split metrics: val/* selects, test/* reports; the unit is the same."""
+SPLIT_UNITS = {
+    "loss": "cross-entropy, nats",
+    "bpb": "bits per byte",
+    "ppl": "perplexity",
+    "acc": "accuracy",
+}
 METRIC_UNITS = {
-    "val/loss": "cross-entropy, nats",
-    "train/loss": "cross-entropy, nats",
-    "val/bpb": "bits per byte",
-    "val/ppl": "perplexity",
-    "val/acc": "accuracy",
+    "train/lr": "learning rate",
     "perf/tokens_per_s": "tokens/s",
     "perf/train_time_s": "s",
-    "train/lr": "learning rate",
     "model/params": "parameters",
     "model/flops_per_token": "FLOPs/token",
 }
@@ -32,9 +35,28 @@ def metric_range(key: str):
     return (None, None)
 
 
+def metric_unit(key: str) -> Optional[str]:
+    """The unit of a metric key (``test/bpb`` and ``val/bpb``: bits per byte); None if unknown."""
+    if key in METRIC_UNITS:
+        return METRIC_UNITS[key]
+    if key.startswith(SPLITS):
+        return SPLIT_UNITS.get(key.split("/", 1)[1])
+    return None
+
+
+def metric_mode(key: str) -> Optional[str]:
+    """Whether lower (``min``) or higher (``max``) is better for a metric key, where the name
+    says so: accuracy and throughput up; losses, perplexity, bits per byte and times down."""
+    if key.endswith(("/acc", "_acc", "tokens_per_s")):
+        return "max"
+    if "loss" in key or key.endswith(("/bpb", "/ppl", "_time_s", "/time_s")) or "time" in key.rsplit("/", 1)[-1]:
+        return "min"
+    return None
+
+
 def metric_label(key: str) -> str:
     """``val/bpb`` -> ``val/bpb (bits per byte)``; unknown keys unchanged."""
-    unit = METRIC_UNITS.get(key)
+    unit = metric_unit(key)
     return f"{key} ({unit})" if unit else key
 
 

@@ -10,6 +10,12 @@ The mapping from a sweep's arms to paper rows is the explicit table :data:`FACTO
 a grid factor value -> one row. A baseline arm maps through its own config (a Transformer
 baseline -> the BERT_base row of the same paper table). Factors without a row get no
 paper number; :data:`FACTOR_NOTES` explains the ones the paper only discusses.
+
+Each paper row says which task it is from (:attr:`PaperRow.task`); an arm maps to a row only
+when the sweep runs the same task (:data:`OUR_TASKS`): the paper's masked-LM perplexities say
+nothing about recall accuracy on MQAR or about causal byte LM. Our ordering "agrees with the
+paper" only when the paper's two values differ by more than :data:`PAPER_TIE` (relative) and
+our difference is resolved (its test's p < alpha).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.stats import better, pairwise
+from analysis.compare import compare
+from analysis.stats import better
 
 SET = "<set>"
 """Matches any non-null factor value (e.g. ``model.attn_dim`` set = aMLP)."""
@@ -37,6 +44,8 @@ class PaperRow:
     model: str
     variant: str
     metric: str = "perplexity"
+    task: str = "mlm"
+    """The paper's task, in our task names: ``mlm`` (masked LM on C4)."""
 
 
 T3_SPLIT = PaperRow("T3", "gMLP (L36 d512)", "split multiplicative s(Z)=Z1*f(Z2)")
@@ -56,13 +65,20 @@ FACTOR_ROWS = (
 """Grid factor value -> the paper row of the same variant."""
 
 BASELINE_ROWS = {"T3": T3_BERT, "T6": T6_BERT}
+
+OUR_TASKS = {"mlm": "mlm"}
+"""Our task name -> the paper task it matches. ``charlm`` (causal byte LM), ``mqar`` (recall)
+and ``digits`` have no matching paper row."""
+PAPER_TIE = 0.01
+"""Paper values closer than this (relative to the smaller) are a tie: no ordering to agree with."""
 """The attention baseline's row in each paper table (a ``model.arch=transformer`` arm)."""
 
 FACTOR_NOTES = {
     "model.prob_survival": (
-        "Paper Table 2 (ImageNet, top-1) sets the survival probability together with the model "
-        "size (gMLP-Ti 1.00, gMLP-S 0.95, gMLP-B 0.80), so it reports no ordering for the survival "
-        "probability alone; no paper number is shown for these arms."),
+        "The paper's Table 1 (vision model specifications) sets the survival probability together "
+        "with the model size (gMLP-Ti 1.00, gMLP-S 0.95, gMLP-B 0.80; their ImageNet top-1 is in "
+        "Table 2), so it reports no ordering for the survival probability alone; no paper number "
+        "is shown for these arms."),
     "model.init_eps": "The paper initialises the spatial weights near zero and the biases to one; it reports no ablation of the scale.",
     "model.ff_mult": "The paper uses d_ffn = 6 d and reports no ablation of the ratio.",
     "model.sgu_act": "The paper reports no ablation of the gate activation.",
@@ -104,8 +120,9 @@ def mapped_factor(factors: Sequence[str]) -> Optional[str]:
     return next((f for f in factors if f in keyed), None)
 
 
-def arm_rows(runs: pd.DataFrame, arms: Sequence[str], factors: Sequence[str]) -> Dict[str, PaperRow]:
-    """Arm -> paper row, for the arms that have one.
+def arm_rows(runs: pd.DataFrame, arms: Sequence[str], factors: Sequence[str], task: Optional[str]) -> Dict[str, PaperRow]:
+    """Arm -> paper row, for the arms that have one (none unless ``task``, our task name,
+    matches the paper row's task).
 
     Grid arms map by their value of the sweep's mapped factor; a baseline arm maps by its
     config: ``model.arch=transformer`` -> BERT_base of the same table, a gMLP baseline by its
@@ -115,6 +132,8 @@ def arm_rows(runs: pd.DataFrame, arms: Sequence[str], factors: Sequence[str]) ->
     if factor is None:
         return {}
     table = next(r.table for f, _, r in FACTOR_ROWS if f == factor)
+    if OUR_TASKS.get(task or "") != BASELINE_ROWS[table].task:
+        return {}
     first = runs.drop_duplicates("arm").set_index("arm")
     out: Dict[str, PaperRow] = {}
     for arm in arms:
@@ -139,7 +158,7 @@ def arm_rows(runs: pd.DataFrame, arms: Sequence[str], factors: Sequence[str]) ->
 
 
 def paper_columns(ref: pd.DataFrame, rows: Dict[str, PaperRow], arms: Sequence[str]) -> pd.DataFrame:
-    """Per arm: paper_table, paper_model, paper_variant, paper_metric, paper_value,
+    """Per arm: paper_table, paper_model, paper_variant, paper_metric, paper_value, paper_task,
     paper_verified, paper_approx, paper_setting (empty where the arm has no paper row)."""
     recs = []
     for arm in arms:
@@ -150,20 +169,27 @@ def paper_columns(ref: pd.DataFrame, rows: Dict[str, PaperRow], arms: Sequence[s
             continue
         recs.append({"arm": arm, "paper_table": row.table, "paper_model": row.model,
                      "paper_variant": row.variant, "paper_metric": row.metric,
-                     "paper_value": float(hit["value"]), "paper_verified": hit["verified"],
+                     "paper_value": float(hit["value"]), "paper_task": hit["task"], "paper_verified": hit["verified"],
                      "paper_approx": bool(hit["approx"]), "paper_setting": hit["setting"]})
-    cols = ["arm", "paper_table", "paper_model", "paper_variant", "paper_metric", "paper_value",
+    cols = ["arm", "paper_table", "paper_model", "paper_variant", "paper_metric", "paper_value", "paper_task",
             "paper_verified", "paper_approx", "paper_setting"]
     return pd.DataFrame(recs).reindex(columns=cols).set_index("arm")
 
 
-def orderings(runs: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFrame, metric: str, mode: str,
-              factors: Sequence[str]) -> pd.DataFrame:
+def paper_tie(va: float, vb: float) -> bool:
+    """Whether two paper values are a tie (closer than :data:`PAPER_TIE`, relative)."""
+    return abs(va - vb) <= PAPER_TIE * min(abs(va), abs(vb))
+
+
+def orderings(runs: pd.DataFrame, values: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFrame, mode: str,
+              factors: Sequence[str], alpha: float, bounds=(None, None)) -> pd.DataFrame:
     """Pairs of arms with different paper rows: the paper's ordering and ours.
 
     Two grid arms are paired only when all their other factor values are equal. Columns:
-    a, b, paper_table, paper_a, paper_b, paper_metric, paper_approx_a/b (value not verified), paper_better, ours_a, ours_b,
-    ours_better, delta (a - b), delta_lo, delta_hi, p (Welch, unadjusted), agree.
+    a, b, paper_table, paper_a, paper_b, paper_metric, paper_approx_a/b (value not verified),
+    paper_better (None for a tie), ours_a, ours_b, ours_better, delta (a - b), delta_lo,
+    delta_hi, test, p (unadjusted), resolved (p < alpha), agree (None unless the paper has an
+    ordering and ours is resolved).
     """
     mapped = [a for a in summary.index if pd.notna(paper.loc[a, "paper_value"])] if len(paper) else []
     first = runs.drop_duplicates("arm").set_index("arm")
@@ -181,20 +207,24 @@ def orderings(runs: pd.DataFrame, summary: pd.DataFrame, paper: pd.DataFrame, me
                 continue
         pmode = "max" if pa["paper_metric"] in HIGHER_IS_BETTER else "min"
         va, vb = float(pa["paper_value"]), float(pb["paper_value"])
-        paper_better = a if better(va, vb, pmode) else b if better(vb, va, pmode) else None
+        paper_better = None if paper_tie(va, vb) else a if better(va, vb, pmode) else b if better(vb, va, pmode) else None
         ma, mb = float(summary.loc[a, "mean"]), float(summary.loc[b, "mean"])
         ours_better = a if better(ma, mb, mode) else b if better(mb, ma, mode) else None
-        w = pairwise(runs, metric, a, b)
-        agree = None if paper_better is None or ours_better is None else paper_better == ours_better
+        w = compare(values, a, b, bounds)
+        resolved = bool(w["p"] < alpha) and w["n_a"] > 1 and w["n_b"] > 1
+        agree = None if paper_better is None or ours_better is None or not resolved else paper_better == ours_better
         rows.append({"a": a, "b": b, "paper_a": va, "paper_b": vb, "paper_metric": pa["paper_metric"],
                      "paper_table": pa["paper_table"],
                      "paper_approx_a": bool(pa["paper_approx"]), "paper_approx_b": bool(pb["paper_approx"]),
                      "paper_better": paper_better, "ours_a": ma, "ours_b": mb, "ours_better": ours_better,
-                     "delta": w["delta"], "delta_lo": w["delta_lo"], "delta_hi": w["delta_hi"], "p": w["p"],
-                     "agree": agree})
+                     "delta": w["delta"], "delta_lo": w["delta_lo"], "delta_hi": w["delta_hi"], "test": w["test"],
+                     "p": w["p"], "resolved": resolved, "agree": agree})
     cols = ["a", "b", "paper_table", "paper_a", "paper_b", "paper_metric", "paper_approx_a", "paper_approx_b", "paper_better",
-            "ours_a", "ours_b", "ours_better", "delta", "delta_lo", "delta_hi", "p", "agree"]
-    return pd.DataFrame(rows, columns=cols)
+            "ours_a", "ours_b", "ours_better", "delta", "delta_lo", "delta_hi", "test", "p", "resolved", "agree"]
+    out = pd.DataFrame(rows, columns=cols)
+    for col in ("paper_better", "ours_better", "agree"):  # None stays None (not NaN): "no ordering"
+        out[col] = pd.Series([r[col] for r in rows], index=out.index, dtype=object)
+    return out
 
 
 def notes_for(factors: Sequence[str]) -> List[str]:

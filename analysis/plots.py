@@ -53,6 +53,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _yerr(s: pd.Series) -> np.ndarray:
+    """Asymmetric error bar (below, above) of an arm's interval; zero without one."""
+    lo, hi, mean = float(s["ci_lo"]), float(s["ci_hi"]), float(s["mean"])
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(mean)):
+        return np.zeros((2, 1))
+    return np.array([[mean - lo], [hi - mean]])
+
+
 def _legend_rows(n: int) -> Tuple[int, int]:
     """(columns, rows) of a legend placed below the axes for ``n`` entries."""
     ncol = 1 if n <= 4 else 2 if n <= 10 else 3 if n <= 24 else 4
@@ -116,8 +124,8 @@ def plot_curves(bands: Dict[str, pd.DataFrame], order: Sequence[str], palette: D
 
 def plot_final(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, mode: str, palette: Dict[str, str],
                baseline: Optional[str], path: Path, title: str) -> Path:
-    """Final metric per arm: mean with 95% CI error bars, each seed as a dot, and the
-    baseline's mean as a horizontal dashed line."""
+    """Final metric per arm: mean with its 95% interval (``ci_lo``..``ci_hi``) as error bars,
+    each seed as a dot, and the reference arm's mean as a horizontal dashed line."""
     order = list(summary.index)
     longest = max(len(a) for a in order)
     rotate = longest > 8 or len(order) > 6
@@ -130,12 +138,11 @@ def plot_final(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, mode: str
             ax.scatter(i + rng.uniform(-0.2, 0.2, len(vals)), vals, s=16, color=palette[arm], alpha=0.5, lw=0,
                        zorder=2)
             s = summary.loc[arm]
-            err = s["ci"] if np.isfinite(s["ci"]) else 0.0
-            ax.errorbar(i, s["mean"], yerr=err, fmt="s" if arm == baseline else "o", color=palette[arm], ms=8,
+            ax.errorbar(i, s["mean"], yerr=_yerr(s), fmt="s" if arm == baseline else "o", color=palette[arm], ms=8,
                         capsize=6, lw=2, zorder=3, mec="white")
         if baseline is not None and baseline in summary.index:
             ax.axhline(summary.loc[baseline, "mean"], color="#333333", ls="--", lw=1.2,
-                       label=f"{baseline} (baseline) mean", zorder=1)
+                       label=f"{baseline} (reference) mean", zorder=1)
             fig.legend(loc="outside lower center", fontsize="small", frameon=False)
         ax.set_xticks(np.arange(len(order)))
         ax.set_xticklabels(order, rotation=30 if rotate else 0, ha="right" if rotate else "center")
@@ -143,9 +150,9 @@ def plot_final(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, mode: str
         for lbl, arm in zip(ax.get_xticklabels(), order):
             if summary.loc[arm, "best"]:
                 lbl.set_fontweight("bold")
-        ax.set_xlabel("arm (bold: best mean)")
+        ax.set_xlabel("arm (bold: best, resolved against the runner-up)")
         ax.set_ylabel(metric_label(metric))
-        ax.set_title(f"final {metric} per arm ({direction(mode)})\nmean ± 95% CI over seeds; dots: single seeds",
+        ax.set_title(f"final {metric} per arm ({direction(mode)})\nmean and 95% interval over seeds; dots: single seeds",
                      fontsize="medium")
         fig.suptitle(title)
         return _save(fig, path)
@@ -191,8 +198,7 @@ def plot_pareto(summary: pd.DataFrame, metric: str, mode: str, palette: Dict[str
             front = pareto_front(summary[col], summary["mean"], mode)
             for arm, s in summary.iterrows():
                 base = arm in baseline_arms
-                err = s["ci"] if np.isfinite(s["ci"]) else 0.0
-                ax.errorbar(s[col], s["mean"], yerr=err, fmt="s" if base else "o", color=palette[arm], ms=7,
+                ax.errorbar(s[col], s["mean"], yerr=_yerr(s), fmt="s" if base else "o", color=palette[arm], ms=7,
                             capsize=3, label=f"{arm} (baseline)" if base else arm, zorder=3)
                 if len(order) <= 12:
                     ax.annotate(arm, (s[col], s["mean"]), xytext=(5, 4), textcoords="offset points", fontsize=7,

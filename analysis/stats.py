@@ -1,20 +1,25 @@
-"""Statistics over seeds: per-arm means with t-intervals, Welch deltas to a baseline, Holm.
+"""Statistics over seeds: per-arm means with intervals that respect the metric, Welch's test, Holm.
 
 Pure functions over pandas objects. Conventions:
 
-- CI: two-sided 95% Student-t interval of the mean, ``t_{0.975, n-1} * s / sqrt(n)`` with the
-  sample standard deviation ``s`` (ddof=1). One seed gives no interval (NaN).
-- Delta of an arm to the baseline: ``mean(arm) - mean(baseline)``; its CI uses the Welch
-  standard error ``sqrt(s_a^2/n_a + s_b^2/n_b)`` and the Welch-Satterthwaite degrees of
-  freedom; the p-value is Welch's two-sided t-test (``scipy.stats.ttest_ind(equal_var=False)``).
-- Holm's step-down correction across the arms compared with the baseline (the family is
-  the arms with a defined p-value).
+- The values of an arm are its seeds' final values of the metric (:func:`arm_values`); a seed
+  whose loss went non-finite is *diverged*: left out (and counted) or, with the declared
+  ``diverged: worst``, counted as the worst value (:func:`worst_value`).
+- Interval of an arm's mean (:func:`mean_interval`): the two-sided Student-t interval
+  ``t_{0.975, n-1} * s / sqrt(n)`` (ddof=1) when it lies inside the metric's range; otherwise
+  (an accuracy near 1, seeds that split into solved and unsolved) a percentile bootstrap
+  (``scipy.stats.bootstrap``), which never leaves the range of the data. The method is
+  recorded per arm. One seed gives no interval.
+- A declared *solved* outcome (metric past a threshold) gets the exact binomial interval of
+  the solved fraction (``scipy.stats.binomtest(...).proportion_ci(method="exact")``).
+- Holm's step-down correction over a family of p-values.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -151,35 +156,121 @@ def median_by_arm(runs: pd.DataFrame, column: str) -> pd.Series:
     return runs.groupby("arm")[column].median()
 
 
-def arm_summary(runs: pd.DataFrame, metric: str, baseline: Optional[str], mode: str,
-                order: Optional[Sequence[str]] = None, level: float = LEVEL) -> pd.DataFrame:
-    """Per-arm table (index: arm, in ``order``): n, mean, std, ci, ci_lo, ci_hi, rank, best,
-    delta vs ``baseline`` with Welch CI / df / t / p, Holm-adjusted p (``p_holm``),
-    ``delta_pct`` (delta as % of the baseline mean), and medians of params, FLOPs/token and
-    tokens/s. The baseline's own delta columns are NaN.
-    """
-    order = list(order) if order is not None else list(dict.fromkeys(runs["arm"]))
-    groups = {a: g[metric].to_numpy(dtype=float) for a, g in runs.groupby("arm")}
+def worst_value(values: pd.Series, mode: str, bounds: Tuple[Optional[float], Optional[float]]) -> float:
+    """The value a diverged seed counts as under ``diverged: worst``: the metric's bound on
+    the bad side where it has one (accuracy 0), else the worst finite value observed."""
+    lo, hi = bounds
+    bound = hi if mode == "min" else lo
+    if bound is not None:
+        return float(bound)
+    finite = values[np.isfinite(values.astype(float))]
+    if finite.empty:
+        return float("nan")
+    return float(finite.max() if mode == "min" else finite.min())
+
+
+def arm_values(runs: pd.DataFrame, failures: pd.DataFrame, metric: str, mode: str, diverged: str = "drop",
+               bounds: Tuple[Optional[float], Optional[float]] = (None, None)) -> pd.DataFrame:
+    """Long frame arm, seed, value, diverged: one row per finished seed, plus one per diverged
+    seed (a FAILED run whose loss went non-finite, with no finished rerun of its key).
+
+    A finished run whose metric is non-finite is diverged too. With ``diverged="drop"`` a
+    diverged seed's value is NaN (left out of every statistic, counted); with ``"worst"`` it
+    is :func:`worst_value`."""
+    rows = pd.DataFrame({"arm": runs["arm"].to_numpy(), "seed": pd.to_numeric(runs["seed"]).to_numpy(),
+                         "value": pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)
+                         if metric in runs.columns else np.full(len(runs), np.nan)})
+    rows["diverged"] = ~np.isfinite(rows["value"].to_numpy(dtype=float)) & (
+        runs[metric].notna().to_numpy() if metric in runs.columns else False)
+    div = failures[failures["diverged"].astype(bool) & ~failures["resolved"].astype(bool)] if len(failures) else failures
+    if len(div):
+        extra = pd.DataFrame({"arm": div["arm"].to_numpy(), "seed": pd.to_numeric(div["seed"]).to_numpy(),
+                              "value": np.nan, "diverged": True})
+        extra = extra.drop_duplicates(["arm", "seed"])
+        rows = pd.concat([rows, extra], ignore_index=True)
+    worst = worst_value(rows["value"], mode, bounds)
+    rows["value"] = np.where(rows["diverged"], worst if diverged == "worst" else np.nan, rows["value"])
+    rows = rows.drop_duplicates(["arm", "seed"], keep="first")
+    return rows.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
+
+
+def mean_interval(x: Sequence[float], bounds: Tuple[Optional[float], Optional[float]] = (None, None),
+                  level: float = LEVEL) -> Tuple[float, float, str]:
+    """(low, high, method) of the mean of ``x``: ``t`` when the t-interval lies inside
+    ``bounds``, else ``bootstrap`` (percentile, 9,999 resamples, fixed seed); ``none`` for n < 2."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return float("nan"), float("nan"), "none"
+    hw = t_halfwidth(float(x.std(ddof=1)), len(x), level)
+    lo, hi = float(x.mean() - hw), float(x.mean() + hw)
+    inside = (bounds[0] is None or lo >= bounds[0]) and (bounds[1] is None or hi <= bounds[1])
+    if inside:
+        return lo, hi, "t"
+    return (*bootstrap_interval(x, level=level), "bootstrap")
+
+
+def bootstrap_interval(*samples: np.ndarray, level: float = LEVEL) -> Tuple[float, float]:
+    """Percentile bootstrap interval of the mean (one sample) or of the difference of means
+    (two independent samples): it stays inside the range the data can produce."""
+    if len(samples) == 1:
+        x = samples[0]
+        if np.ptp(x) == 0:
+            return float(x[0]), float(x[0])
+        stat = lambda a, axis: np.mean(a, axis=axis)  # noqa: E731
+    else:
+        if np.ptp(samples[0]) == 0 and np.ptp(samples[1]) == 0:
+            d = float(samples[0][0] - samples[1][0])
+            return d, d
+        stat = lambda a, b, axis: np.mean(a, axis=axis) - np.mean(b, axis=axis)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sps.bootstrap(samples, stat, confidence_level=level, method="percentile", n_resamples=9999,
+                            rng=np.random.default_rng(0))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def solved_interval(k: int, n: int, level: float = LEVEL) -> Tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a solved fraction k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def is_solved(values: np.ndarray, threshold: float, mode: str) -> np.ndarray:
+    return values >= threshold if mode == "max" else values <= threshold
+
+
+def arm_summary(values: pd.DataFrame, runs: pd.DataFrame, failures: pd.DataFrame, mode: str, order: Sequence[str],
+                bounds: Tuple[Optional[float], Optional[float]] = (None, None), solved: Optional[Any] = None,
+                level: float = LEVEL) -> pd.DataFrame:
+    """Per-arm table (index: arm, in ``order``): n (seeds in the statistics), n_diverged,
+    n_failed (FAILED runs of the current config without a finished rerun, not diverged),
+    mean, std, ci (t half-width, NaN for other methods), ci_lo, ci_hi, interval (method),
+    solved_k / solved_n / solved_lo / solved_hi (``solved``: a :class:`analysis.design.Solved`
+    for this metric), rank, best (False: set by :func:`analysis.compare.mark_best`) and medians
+    of params, FLOPs/token and tokens/s."""
     rows = []
+    fails = failures[~failures["resolved"].astype(bool) & ~failures["diverged"].astype(bool)] if len(failures) else failures
     for arm in order:
-        vals = groups.get(arm, np.array([]))
-        row: Dict[str, Any] = {"arm": arm, **describe(vals, level)}
-        if baseline is not None and arm != baseline:
-            w = welch(vals, groups.get(baseline, np.array([])), level)
-            row.update(delta=w["delta"], delta_lo=w["delta_lo"], delta_hi=w["delta_hi"],
-                       welch_df=w["df"], t=w["t"], p=w["p"])
+        v = values[values["arm"] == arm]
+        x = v["value"].to_numpy(dtype=float)
+        x = x[np.isfinite(x)]
+        d = describe(x, level)
+        lo, hi, method = mean_interval(x, bounds, level)
+        row: Dict[str, Any] = {"arm": arm, "n": d["n"], "n_diverged": int(v["diverged"].sum()),
+                               "n_failed": int((fails["arm"] == arm).sum()) if len(fails) else 0,
+                               "mean": d["mean"], "std": d["std"], "ci": d["ci"] if method == "t" else float("nan"),
+                               "ci_lo": lo, "ci_hi": hi, "interval": method}
+        if solved is not None:
+            k = int(is_solved(x, solved.threshold, mode).sum())
+            row.update(solved_k=k, solved_n=len(x))
+            row["solved_lo"], row["solved_hi"] = solved_interval(k, len(x), level)
         rows.append(row)
     df = pd.DataFrame(rows).set_index("arm")
-    for col in ("delta", "delta_lo", "delta_hi", "welch_df", "t", "p"):
-        if col not in df.columns:
-            df[col] = np.nan
-    df["p_holm"] = holm(df["p"].to_numpy())
-    if baseline is not None and baseline in df.index:
-        df["delta_pct"] = 100.0 * df["delta"] / abs(df.loc[baseline, "mean"])
-    else:
-        df["delta_pct"] = np.nan
     df["rank"] = rank(df["mean"], mode)
-    df["best"] = df["rank"] == 1
+    df["best"] = False
     for col, name in (("model/params", "params"), ("model/flops_per_token", "flops_per_token"),
                       ("perf/tokens_per_s", "tokens_per_s")):
         df[name] = median_by_arm(runs, col).reindex(df.index)
@@ -207,8 +298,3 @@ def curve_bands(curves: pd.DataFrame, metric: str, level: float = LEVEL) -> pd.D
     return out
 
 
-def pairwise(runs: pd.DataFrame, metric: str, a: str, b: str, level: float = LEVEL) -> Dict[str, float]:
-    """Welch comparison of arm ``a`` against arm ``b`` on ``metric`` (unadjusted)."""
-    va = runs.loc[runs["arm"] == a, metric].to_numpy(dtype=float)
-    vb = runs.loc[runs["arm"] == b, metric].to_numpy(dtype=float)
-    return welch(va, vb, level)

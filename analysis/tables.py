@@ -126,38 +126,80 @@ def delta_ci(delta: float, lo: float, hi: float, decimals: int) -> str:
 
 def column_decimals(summary: pd.DataFrame) -> int:
     """One number of decimals for a metric column, from the typical CI width."""
-    cis = summary["ci"].replace([np.inf, -np.inf], np.nan).dropna()
+    cis = ((summary["ci_hi"] - summary["ci_lo"]) / 2).replace([np.inf, -np.inf], np.nan).dropna()
     cis = cis[cis > 0]
     return decimals_for(float(cis.median()) if len(cis) else None, float(summary["mean"].abs().median()))
 
 
+def mean_text(s: pd.Series, decimals: int) -> str:
+    """An arm's mean and interval: ``1.234 ± 0.012 (n=3)`` for a t-interval,
+    ``0.679 [0.500, 0.893] bootstrap (n=3)`` otherwise; one seed: ``1.234 (n=1, no CI)``."""
+    n = int(s["n"])
+    if s.get("interval") in (None, "t") or n < 2:
+        return mean_ci(s["mean"], s["ci"], n, decimals)
+    return f"{num(s['mean'], decimals)} [{num(s['ci_lo'], decimals)}, {num(s['ci_hi'], decimals)}] {s['interval']} (n={n})"
+
+
+def _lost(s: pd.Series) -> str:
+    parts = [f"{int(s['n_failed'])} failed" if s["n_failed"] else "", f"{int(s['n_diverged'])} diverged" if s["n_diverged"] else ""]
+    return ", ".join(p for p in parts if p) or "0"
+
+
 def comparison_table(summary: pd.DataFrame, arm_info: pd.DataFrame, factors: Sequence[str], metric: str,
-                     mode: str, baseline: Optional[str]) -> Table:
-    """The main table: arm, factor values, mean ± CI (n), delta vs baseline [CI], p (Holm),
-    params, FLOPs/token, tokens/s; the best arm bold."""
+                     mode: str, diverged: str = "drop") -> Table:
+    """The per-arm table: arm, factor values, mean with its interval (n), seeds lost (failed,
+    diverged), the solved fraction (when declared), params, FLOPs/token, tokens/s; the best
+    arm (``summary["best"]``) bold."""
     d = column_decimals(summary)
+    solved = "solved_k" in summary.columns
     header = ["arm"] + [factor_header(f, factors) for f in factors] + [
-        f"{metric}: mean ± 95% CI (n)",
-        f"Δ vs {baseline} [95% CI]" if baseline else "Δ vs baseline",
-        "p (Welch, Holm)", "params", "FLOPs/token", "tokens/s"]
-    align = "l" + "c" * len(factors) + "rrrrrr"
+        f"{metric}: mean, 95% interval (n)", "seeds lost"] + (["solved [95% exact CI]"] if solved else []) + [
+        "params", "FLOPs/token", "tokens/s"]
+    align = "l" + "c" * len(factors) + "rr" + ("r" if solved else "") + "rrr"
     rows, bold = [], set()
     for i, (arm, s) in enumerate(summary.iterrows()):
         is_base = bool(arm_info.loc[arm, "baseline"])
         name = f"{arm} (baseline)" if is_base else arm
         facs = ["—" if is_base else fmt_value(arm_info.loc[arm, f]) for f in factors]
-        if arm == baseline:
-            dcell, pcell = "reference", "—"
-        else:
-            dcell, pcell = delta_ci(s["delta"], s["delta_lo"], s["delta_hi"], d), pvalue(s["p_holm"])
-        rows.append([name, *facs, mean_ci(s["mean"], s["ci"], int(s["n"]), d), dcell, pcell,
+        extra = []
+        if solved:
+            extra = [f"{int(s['solved_k'])}/{int(s['solved_n'])} [{num(s['solved_lo'], 2)}, {num(s['solved_hi'], 2)}]"
+                     if s["solved_n"] else "—"]
+        rows.append([name, *facs, mean_text(s, d), _lost(s), *extra,
                      si(s["params"]), si(s["flops_per_token"]), si(s["tokens_per_s"])])
         if bool(s["best"]):
             bold |= {(i, 0), (i, len(factors) + 1)}
-    cap = (f"{metric_label(metric)} per arm ({direction(mode)}): mean over seeds ± 95% t-interval; "
-           f"Δ = arm − {baseline} with a Welch 95% CI; p: Welch t-test, Holm-corrected across arms."
-           if baseline else f"{metric_label(metric)} per arm ({direction(mode)}).")
+    methods = sorted(set(summary.loc[summary["n"] > 1, "interval"]) - {"t"})
+    how = "mean over seeds ± 95% t-interval"
+    if methods:
+        how += f"; where that interval would leave the metric's range: a {', '.join(methods)} interval"
+    lost = "diverged seeds count as the worst value" if diverged == "worst" else "diverged seeds are left out of the mean"
+    cap = (f"{metric_label(metric)} per arm ({direction(mode)}): {how}. Seeds lost: failed runs without a finished "
+           f"rerun and diverged runs; {lost}.")
     return Table(header=header, rows=rows, align=align, bold=bold, caption=cap)
+
+
+def family_comparison_table(fam: pd.DataFrame, metric: str, alpha: float, caption: str) -> Optional[Table]:
+    """One row per comparison: Δ = a − b [95% CI] (interval method), the test, p, Holm p,
+    resolved?, seeds per arm for 80% power (unresolved ones), notes."""
+    if fam.empty:
+        return None
+    fin = fam["delta_hi"].replace([np.inf, -np.inf], np.nan) - fam["delta"]
+    d = decimals_for(float(np.nanmedian(np.abs(fin))) if fin.notna().any() else None,
+                     float(np.nanmedian(np.abs(fam["delta"]))) if fam["delta"].notna().any() else None)
+    header = ["comparison (a − b)", f"Δ {metric} [95% CI]", "test (seeds)", "p", "p (Holm)", "resolved?",
+              "seeds for 80% power", "note"]
+    rows = []
+    for _, r in fam.iterrows():
+        ci = delta_ci(r["delta"], r["delta_lo"], r["delta_hi"], d)
+        if r["interval"] not in ("t", "none", "exact") and math.isfinite(r["delta"]):
+            ci += f" {r['interval']}"
+        seeds = f"{r['n_a']} vs {r['n_b']}" if r["test"] != "paired t" else f"{r['n_a']} pairs"
+        need = "—" if r["resolved"] else (f"{int(r['seeds_needed'])}" if pd.notna(r["seeds_needed"]) else "> 1000 or n/a")
+        rows.append([f"{r['a']} − {r['b']}", ci, f"{r['test'] or '—'} ({seeds})", pvalue(r["p"]), pvalue(r["p_holm"]),
+                     ("yes" if r["resolved"] else "no") + ("" if r["decision"].startswith("Holm") else f" ({r['decision']})"),
+                     need, r["note"] or ""])
+    return Table(header=header, rows=rows, align="lrlrrlrl", caption=caption)
 
 
 def paper_table(summary: pd.DataFrame, paper: pd.DataFrame, metric: str, mode: str, task: str) -> Optional[Table]:
@@ -178,7 +220,7 @@ def paper_table(summary: pd.DataFrame, paper: pd.DataFrame, metric: str, mode: s
         variant = f"{p['paper_table']}: {p['paper_model']}" + (f", {p['paper_variant']}" if p["paper_variant"] else "")
         mark = "≈" if bool(p["paper_approx"]) else ""
         rows.append([a, variant, f"{mark}{p['paper_value']:g} {p['paper_metric']}", f"{int(prank[a])}",
-                     mean_ci(summary.loc[a, "mean"], summary.loc[a, "ci"], int(summary.loc[a, "n"]), d),
+                     mean_text(summary.loc[a], d),
                      f"{int(orank[a])}"])
     settings = "; ".join(dict.fromkeys(f"{paper.loc[a, 'paper_table']}: {paper.loc[a, 'paper_setting']}" for a in arms))
     cap = (f"The paper's reported numbers next to ours. Paper setting: {settings}. Ours: {task} at laptop scale. "
@@ -187,33 +229,37 @@ def paper_table(summary: pd.DataFrame, paper: pd.DataFrame, metric: str, mode: s
     return Table(header=header, rows=rows, align="llrrrr", caption=cap)
 
 
-def ordering_table(order: pd.DataFrame, metric: str, mode: str) -> Optional[Table]:
-    """Per pair of arms: the paper's ordering, ours (with Δ, CI and unadjusted Welch p), agreement."""
+def ordering_table(order: pd.DataFrame, metric: str, mode: str, alpha: float) -> Optional[Table]:
+    """Per pair of arms: the paper's ordering, ours (with Δ, CI and the unadjusted p of the
+    same test as elsewhere), and whether they agree: only when the paper orders the two (not a
+    tie) and our difference is resolved (p < alpha)."""
     if order.empty:
         return None
     d = decimals_for(float(np.nanmedian(np.abs(order["delta_hi"] - order["delta"]))) if order["delta_hi"].notna().any() else None,
                      float(np.nanmedian(np.abs(order[["ours_a", "ours_b"]].to_numpy()))))
-    header = ["pair (a vs b)", "paper ordering", "our ordering", f"Δ = a − b [95% CI] ({metric})", "p (Welch)", "same ordering?"]
+    header = ["pair (a vs b)", "paper ordering", "our ordering", f"Δ = a − b [95% CI] ({metric})", "p", "same ordering?"]
     rows = []
     for _, r in order.iterrows():
         ma, mb = ("≈" if r["paper_approx_a"] else ""), ("≈" if r["paper_approx_b"] else "")
         psign = "<" if r["paper_a"] < r["paper_b"] else ">" if r["paper_a"] > r["paper_b"] else "="
         osign = "<" if r["ours_a"] < r["ours_b"] else ">" if r["ours_a"] > r["ours_b"] else "="
-        pbest = f" → {r['paper_better']} better" if r["paper_better"] else " → tie"
-        obest = f" → {r['ours_better']} better" if r["ours_better"] else " → tie"
-        agree = "—" if r["agree"] is None else ("yes" if r["agree"] else "no")
-        if r["agree"] is not None:
-            if pd.isna(r["delta_lo"]) or pd.isna(r["delta_hi"]):
-                agree += " (no CI)"
-            elif r["delta_lo"] <= 0 <= r["delta_hi"]:
-                agree += " (not resolved: CI includes 0)"
+        pb = r["paper_better"] if isinstance(r["paper_better"], str) else None
+        ob = r["ours_better"] if isinstance(r["ours_better"], str) else None
+        pbest = f" → {pb} better" if pb else " → tie (within 1%)"
+        obest = f" → {ob} better" if ob else " → tie"
+        if pb is None:
+            agree = "— (a tie in the paper)"
+        elif not r["resolved"]:
+            agree = f"— (ours not resolved: p ≥ {alpha:g})"
+        else:
+            agree = "yes" if bool(r["agree"]) else "no"
         rows.append([f"{r['a']} vs {r['b']}",
                      f"{r['paper_table']}: {ma}{r['paper_a']:g} {psign} {mb}{r['paper_b']:g} {r['paper_metric']}{pbest}",
                      f"{num(r['ours_a'], d)} {osign} {num(r['ours_b'], d)}{obest}",
-                     delta_ci(r["delta"], r["delta_lo"], r["delta_hi"], d), pvalue(r["p"]), agree])
+                     delta_ci(r["delta"], r["delta_lo"], r["delta_hi"], d), f"{pvalue(r['p'])} ({r['test']})", agree])
     cap = (f"Ordering of variants: paper (its metric and setting) vs ours ({metric}, {direction(mode)}). "
-           "≈ = approximate paper value. Where our Δ's 95% CI includes 0 our ordering is not resolved, "
-           "and the agreement (or disagreement) with the paper says little.")
+           "≈ = approximate paper value. Agreement is claimed only where the paper's values differ by more than "
+           f"1% and our difference is resolved (p < {alpha:g}, not adjusted).")
     return Table(header=header, rows=rows, align="lllrrc", caption=cap)
 
 
@@ -232,7 +278,7 @@ def failures_table(failures: pd.DataFrame, max_rows: int = 50) -> Optional[Table
 
 
 def summary_frame(summary: pd.DataFrame, arm_info: pd.DataFrame, paper: pd.DataFrame, factors: Sequence[str],
-                  metric: str, mode: str, baseline: Optional[str]) -> pd.DataFrame:
+                  metric: str, mode: str) -> pd.DataFrame:
     """The numeric per-arm table written to ``summary.csv`` (full precision, paper columns
     prefixed ``paper_``)."""
     out = summary.copy()
@@ -241,7 +287,6 @@ def summary_frame(summary: pd.DataFrame, arm_info: pd.DataFrame, paper: pd.DataF
         out.insert(1 + k, f, [None if arm_info.loc[a, "baseline"] else arm_info.loc[a, f] for a in out.index])
     out.insert(1 + len(factors), "metric", metric)
     out.insert(2 + len(factors), "mode", mode)
-    out.insert(3 + len(factors), "reference_baseline", baseline)
     out = out.join(paper.drop(columns=[c for c in paper.columns if c in out.columns], errors="ignore"))
     out.index.name = "arm"
     return out

@@ -1,9 +1,11 @@
 """The analysis path on a real sqlite MLflow store filled by the real tracking code.
 
-Sweep ``sgu_test``: grid ``model.sgu_split`` [true, false] x seeds [0, 1, 2] plus a
-``transformer`` baseline. Invocation 1 finishes every trial except (unsplit, seed 2), which
-FAILS; invocation 2 (a second parent run) re-runs (split, seed 0) with a new value, which
-must replace the first. Sweep ``grid2``: a 2 x 2 grid with one seed (heatmap, n=1).
+Sweep ``sgu_test`` (masked byte LM, the paper's Table 3 task): grid ``model.sgu_split``
+[true, false] x seeds [0, 1, 2] plus a ``transformer`` baseline. Invocation 1 finishes every
+trial except (unsplit, seed 2), whose loss goes non-finite (FAILED, diverged); invocation 2 (a
+second parent run) re-runs (split, seed 0) with a new value, which must replace the first. It
+declares no family (an older sweep): the report infers one. Sweep ``grid2``: a 2 x 2 grid
+with one seed (heatmap, n=1).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ PARAMS = {"sgu_split=true": 100_000, "sgu_split=false": 120_000, "transformer": 
 
 
 def _trial(arm: str, seed: int, model: dict, factors: dict, baseline: bool = False) -> Trial:
-    cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=32, depth=2, **model),
+    cfg = TrialConfig(task=TaskConfig(name="mlm", seq_len=64), model=ModelConfig(dim=32, depth=2, **model),
                       train=TrainConfig(steps=3, eval_every=1), seed=seed)
     return Trial(arm=arm, seed=seed, config=cfg, key=trial_key(cfg), factors=factors, baseline=baseline)
 
@@ -148,7 +150,7 @@ def test_load_runs_rows_and_types(store):
     assert runs["train.lr"].dtype == np.float64
     assert runs["model.attn_dim"].isna().all()  # Optional[int] "null" -> NA
     assert runs["task.corpus"].isna().all()
-    assert runs["task.name"].eq("charlm").all()
+    assert runs["task.name"].eq("mlm").all()
     assert runs["model/params"].dtype == np.float64
     assert runs.loc[runs["arm"] == "sgu_split=false", "model/params"].eq(120_000).all()
     assert set(runs["factors"].map(json.dumps)) == {'{"model.sgu_split": true}', '{"model.sgu_split": false}', "{}"}
@@ -200,8 +202,6 @@ def test_report_files_exist_and_pngs_are_images(report):
 
 def test_summary_matches_scipy(report):
     s = pd.read_csv(report / "summary.csv", index_col="arm")
-    base = np.array(EXPECTED["transformer"])
-    ps = {}
     for arm, vals in EXPECTED.items():
         x = np.array(vals)
         n = len(x)
@@ -209,53 +209,84 @@ def test_summary_matches_scipy(report):
         assert s.loc[arm, "n"] == n
         assert s.loc[arm, "mean"] == pytest.approx(x.mean(), rel=1e-9)
         assert s.loc[arm, "std"] == pytest.approx(x.std(ddof=1), rel=1e-9)
-        assert s.loc[arm, "ci"] == pytest.approx(hw, rel=1e-9)
-        if arm == "transformer":
-            assert np.isnan(s.loc[arm, "delta"]) and np.isnan(s.loc[arm, "p"])
-            continue
-        va, vb = x.var(ddof=1) / n, base.var(ddof=1) / len(base)
-        df = (va + vb) ** 2 / (va ** 2 / (n - 1) + vb ** 2 / (len(base) - 1))
-        d = x.mean() - base.mean()
-        half = sps.t.ppf(0.975, df) * np.sqrt(va + vb)
-        assert s.loc[arm, "delta"] == pytest.approx(d, rel=1e-9)
-        assert s.loc[arm, "welch_df"] == pytest.approx(df, rel=1e-9)
-        assert s.loc[arm, "delta_lo"] == pytest.approx(d - half, rel=1e-9)
-        assert s.loc[arm, "delta_hi"] == pytest.approx(d + half, rel=1e-9)
-        ps[arm] = sps.ttest_ind(x, base, equal_var=False).pvalue
-        assert s.loc[arm, "p"] == pytest.approx(ps[arm], rel=1e-9)
-    lo, hi = sorted(ps, key=ps.get)
-    assert s.loc[lo, "p_holm"] == pytest.approx(min(1, 2 * ps[lo]), rel=1e-9)
-    assert s.loc[hi, "p_holm"] == pytest.approx(max(min(1, 2 * ps[lo]), ps[hi]), rel=1e-9)
-    assert s.loc["sgu_split=true", "rank"] == 1 and bool(s.loc["sgu_split=true", "best"])
+        assert s.loc[arm, "ci"] == pytest.approx(hw, rel=1e-9) and s.loc[arm, "interval"] == "t"
+        assert (s.loc[arm, "ci_lo"], s.loc[arm, "ci_hi"]) == pytest.approx((x.mean() - hw, x.mean() + hw), rel=1e-9)
+    assert s.loc["sgu_split=false", "n_diverged"] == 1 and s.loc["sgu_split=true", "n_diverged"] == 0
     assert s.loc["transformer", "params"] == 150_000
-    # the paper's numbers are in their own, labelled columns
+    # the paper's numbers are in their own, labelled columns (masked LM: Table 3)
     assert s.loc["sgu_split=true", "paper_value"] == 4.35 and s.loc["sgu_split=false", "paper_value"] == 4.53
     assert s.loc["transformer", "paper_value"] == 4.37 and bool(s.loc["transformer", "paper_approx"])
-    assert not bool(s.loc["sgu_split=true", "paper_approx"])
+    assert not bool(s.loc["sgu_split=true", "paper_approx"]) and s.loc["sgu_split=true", "paper_task"] == "mlm"
+
+    # The inferred family: every arm against the first grid arm. The transformer has the same
+    # seeds as sgu_split=true: paired; sgu_split=false lost seed 2: Welch.
+    c = pd.read_csv(report / "comparisons.csv").set_index(["a", "b"])
+    assert list(c.index) == [("sgu_split=false", "sgu_split=true"), ("transformer", "sgu_split=true")]
+    assert set(c["view"]) == {"inferred"}
+    ref = np.array(EXPECTED["sgu_split=true"])
+    tf = np.array(EXPECTED["transformer"])
+    paired = sps.ttest_rel(tf, ref)  # seeds 0, 1, 2 in the same order in both lists
+    row = c.loc[("transformer", "sgu_split=true")]
+    assert row["test"] == "paired t" and row["df"] == 2
+    assert row["p"] == pytest.approx(paired.pvalue, rel=1e-9) and row["t"] == pytest.approx(paired.statistic, rel=1e-9)
+    ci = paired.confidence_interval(0.95)
+    assert (row["delta_lo"], row["delta_hi"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    unsplit = np.array(EXPECTED["sgu_split=false"])
+    welch = sps.ttest_ind(unsplit, ref, equal_var=False)
+    row = c.loc[("sgu_split=false", "sgu_split=true")]
+    assert row["test"] == "Welch t" and row["df"] == pytest.approx(welch.df, rel=1e-9)
+    assert row["p"] == pytest.approx(welch.pvalue, rel=1e-9)
+    ci = welch.confidence_interval(0.95)
+    assert (row["delta_lo"], row["delta_hi"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    # Holm over exactly the two, by a direct step-down computation
+    ps = [welch.pvalue, paired.pvalue]
+    lo, hi = sorted(ps)
+    holm = {lo: min(1, 2 * lo), hi: max(min(1, 2 * lo), hi)}
+    assert c["p_holm"].tolist() == pytest.approx([holm[p] for p in ps], rel=1e-9)
+    assert c["resolved"].tolist() == [holm[p] < 0.05 for p in ps]
+    # best: sgu_split=true has the best mean, but only if it is resolved against the runner-up
+    assert s.loc["sgu_split=true", "rank"] == 1
+    assert bool(s.loc["sgu_split=true", "best"]) == (welch.pvalue < 0.05)
+    assert not s["best"].drop("sgu_split=true").any()
 
 
 def test_report_text(report, store):
     md = (report / "report.md").read_text()
     assert "# Sweep report: sgu_test" in md and "Split vs unsplit SGU (test)" in md
-    assert "failed trial runs: 1 (1 without a finished rerun)" in md
+    assert "failed trial runs: 1 (1 without a finished rerun, 1 of them diverged)" in md
     assert "loss became nan" in md and "nonfinite: 1" in md
     assert "`abc123`" in md
-    assert f"python -m analysis.report sgu_test --tracking-uri {store['uri']}" in md
+    # the reproduce line works from a fresh clone: no absolute path of this machine
+    assert "```\npython -m analysis.report sgu_test\n```" in md
+    assert str(store["root"]) not in md and str(report) not in md
     assert "python -m gmlp_ablate.run sweeps/sgu_test.yaml --rerun" in md
-    assert "**sgu_split=true**" in md  # best arm bold
+    assert "family: 2 comparison(s), inferred (the sweep declared no family)" in md
+    assert "paired t (3 pairs)" in md and "Welch t (2 vs 3)" in md
+    assert "| sgu_split=false | false | 1.23 ± 0.32 (n=2) | 1 diverged |" in md
+    welch_p = sps.ttest_ind(EXPECTED["sgu_split=true"], EXPECTED["sgu_split=false"], equal_var=False).pvalue
+    assert welch_p > 0.05  # the fixture's best mean is not resolved against the runner-up: nothing bold
+    assert f"No arm is marked best: sgu_split=true (best mean) vs the runner-up sgu_split=false is not resolved " \
+           f"(Welch t, p = {welch_p:.3g})." in md
+    assert "**sgu_split=true**" not in md
     assert "1.20 (n=2" not in md and "(n=2)" in md
     assert "≈4.37" in md and "same ordering?" in md
+    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if " vs " in ln and ln.startswith("| ")}
+    assert "a tie in the paper" in lines["sgu_split=true vs transformer"]  # 4.35 vs 4.37 perplexity
+    assert "ours not resolved" in lines["sgu_split=true vs sgu_split=false"]
+    assert "Table 1" not in md  # no survival-probability factor here
     tex = (report / "table.tex").read_text()
-    assert "\\toprule" in tex and "sgu\\_split" in tex and "\\textbf{sgu\\_split=true}" in tex
+    assert "\\toprule" in tex and "sgu\\_split" in tex
     assert "sgu_split" not in tex.replace("sgu\\_split", "")
 
 
 def test_report_logged_to_parent(report, store):
+    """Exactly the files the report wrote (its manifest) are attached to the latest parent run."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store["uri"])
     names = {Path(f.path).name for f in client.list_artifacts(store["parents"][1], "report")}
-    assert {"report.md", "report.html", "summary.csv", "table.tex", "final.png"} <= names
+    assert {"report.md", "report.html", "summary.csv", "comparisons.csv", "table.tex", "final.png"} <= names
+    assert ".analysis-report.json" not in names and names == set(json.loads((report / ".analysis-report.json").read_text())["files"])
 
 
 def test_two_factor_grid_heatmap_and_single_seed(store, tmp_path):
@@ -265,9 +296,13 @@ def test_two_factor_grid_heatmap_and_single_seed(store, tmp_path):
     assert report.main(["grid2", "--tracking-uri", store["uri"], "--out", str(out), "--no-log"]) == 0
     assert (out / "heatmap.png").is_file()
     md = (out / "report.md").read_text()
-    assert "n=1, no CI" in md and "reference baseline: none" in md
+    assert "n=1, no CI" in md and "family: 3 comparison(s), inferred" in md
     s = pd.read_csv(out / "summary.csv", index_col="arm")
-    assert s["ci"].isna().all() and s["p"].isna().all()
+    assert s["ci"].isna().all() and (s["interval"] == "none").all() and not s["best"].any()
+    c = pd.read_csv(out / "comparisons.csv")
+    assert len(c) == 3 and (c["p"] == 1).all() and (c["p_holm"] == 1).all()  # untestable, still in the family
+    assert c["note"].str.contains("untestable").all()
+    assert "has a single seed" in md or "is not resolved" in md
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -425,3 +460,193 @@ def test_an_arm_rerun_with_another_config_replaces_the_old_runs(tmp_path):
     # only the current config's failure is reported; the older config's two are counted apart
     assert data.failures["seed"].tolist() == [3] and not data.failures["resolved"].any()
     assert data.superseded_failures == 2
+
+
+def test_an_arm_whose_new_config_failed_in_every_seed_shows_no_old_results_as_current(tmp_path):
+    """Failures are classified by time and config: the arm's latest runs are of the new
+    config and all diverged, so they are the arm's current state (n = 0, three diverged
+    seeds), and the older config's finished runs are left out, not shown as current."""
+    from analysis.load import load_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = Tracker(uri)
+    eid = tr.experiment_id("newfail")
+
+    def invocation(steps: int, status: str) -> None:
+        trials = []
+        for arm, dim in (("dim=32", 32), ("dim=48", 48)):
+            for seed in (0, 1, 2):
+                cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=dim, depth=2),
+                                  train=TrainConfig(steps=steps if arm == "dim=48" else 3, eval_every=1), seed=seed)
+                trials.append(Trial(arm=arm, seed=seed, config=cfg, key=trial_key(cfg), factors={"model.dim": dim}))
+        sweep = Sweep(config=SweepConfig(name="newfail", grid={"model.dim": [32, 48]}, seeds=[0, 1, 2]), trials=trials)
+        pid = tr.start_parent(eid, sweep, command="x")
+        for t in trials:
+            if status == "FAILED" and t.arm == "dim=32":
+                continue  # unchanged arm: its finished runs are skipped by the rerun
+            rid = tr.start_trial(eid, pid, t, "newfail")
+            if status == "FAILED":
+                tr.end_trial(rid, "FAILED", error="loss became nan at step 2", failure="nonfinite")
+            else:
+                tr.log_metrics(rid, {"val/loss": 2.0 + 0.1 * t.seed - (0.5 if t.arm == "dim=48" else 0)}, 3)
+                tr.end_trial(rid, "FINISHED")
+        tr.end_run(pid)
+
+    invocation(3, "FINISHED")
+    invocation(9, "FAILED")  # dim=48 at 9 steps diverges in every seed
+    data = load_sweep("newfail", uri)
+    assert set(data.runs["arm"]) == {"dim=32"} and len(data.superseded) == 3
+    assert data.failures["arm"].tolist() == ["dim=48"] * 3 and data.failures["diverged"].all()
+    assert data.superseded_failures == 0
+    from analysis.analyse import analyse
+
+    an = analyse(data, "val/loss")
+    assert an.summary.loc["dim=48", "n"] == 0 and an.summary.loc["dim=48", "n_diverged"] == 3
+    assert an.summary.loc["dim=32", "n"] == 3 and not an.summary["best"].any()
+    assert an.family.loc[0, "p"] == 1.0 and "no values for dim=48" in an.family.loc[0, "note"]
+
+
+def _declared_store(root: Path) -> str:
+    """A sweep that declared its design on the parent run: MQAR-like accuracies where seeds
+    split into solved and unsolved, a baseline whose training budget differs, a diverged seed
+    counted as the worst value, a tune stage."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tr = Tracker(uri)
+    eid = tr.experiment_id("declared")
+    acc = {"attn_dim=null": [0.52, 0.51, 0.53], "attn_dim=16": [1.0, 0.52, 0.517], "transformer": [1.0, 0.999, 1.0]}
+    trials = []
+    for arm, model, factors, base in (("attn_dim=null", {}, {"model.attn_dim": None}, False),
+                                      ("attn_dim=16", {"attn_dim": 16}, {"model.attn_dim": 16}, False),
+                                      ("transformer", {"arch": "transformer", "heads": 4}, {}, True)):
+        for seed in (0, 1, 2, 3):
+            cfg = TrialConfig(task=TaskConfig(name="mqar", seq_len=64), model=ModelConfig(dim=32, depth=2, **model),
+                              train=TrainConfig(steps=6 if base else 3, eval_every=1), seed=seed)
+            trials.append(Trial(arm=arm, seed=seed, config=cfg, key=trial_key(cfg), factors=factors, baseline=base))
+    sweep = Sweep(config=SweepConfig(name="declared", grid={"model.attn_dim": [None, 16]}, seeds=[0, 1, 2, 3],
+                                     baselines={"transformer": {"model": {"arch": "transformer", "heads": 4}}},
+                                     metric=MetricConfig(name="test/acc", mode="max")), trials=trials)
+    pid = tr.start_parent(eid, sweep, command="python -m gmlp_ablate.run sweeps/mqar_recall.yaml")
+    MlflowClient(uri).log_batch(pid, params=[__import__("mlflow").entities.Param(k, v) for k, v in {
+        "sweep.family": json.dumps([["attn_dim=16", "attn_dim=null"], ["transformer", "attn_dim=null"]]),
+        "sweep.alpha": "0.05", "sweep.reference": json.dumps({"model.attn_dim": None}),
+        "sweep.reference_arm": "attn_dim=null", "sweep.solved": json.dumps({"metric": "test/acc", "threshold": 0.9}),
+        "sweep.diverged": "worst"}.items()])
+    for t in trials:
+        rid = tr.start_trial(eid, pid, t, "declared", extra_tags={"git_commit": "abc123", "stage": "final"})
+        if t.seed == 3 and t.arm == "attn_dim=16":
+            tr.end_trial(rid, "FAILED", error="loss became nan at step 1", failure="nonfinite")
+            continue
+        if t.seed == 3:
+            value = acc[t.arm][0]
+        else:
+            value = acc[t.arm][t.seed]
+        tr.log_metrics(rid, {"test/acc": value, "val/acc": value, "train/loss": 1.0}, 3)
+        tr.end_trial(rid, "FINISHED")
+    tune = TrialConfig(task=TaskConfig(name="mqar", seq_len=64), model=ModelConfig(dim=32, depth=2),
+                       train=TrainConfig(steps=3, eval_every=1, lr=3e-3), seed=100)
+    rid = tr.start_trial(eid, pid, Trial(arm="attn_dim=null", seed=100, config=tune, key=trial_key(tune),
+                                         factors={"model.attn_dim": None}), "declared", extra_tags={"stage": "tune"})
+    tr.log_metrics(rid, {"val/acc": 0.4, "test/acc": 0.4}, 3)
+    tr.end_trial(rid, "FINISHED")
+    tr.end_run(pid)
+    return uri
+
+
+def test_declared_family_bounded_metric_solved_and_worst_in_the_report(tmp_path):
+    from analysis import report
+
+    uri = _declared_store(tmp_path)
+    out = tmp_path / "rep"
+    assert report.main(["declared", "--tracking-uri", uri, "--out", str(out), "--no-log", "--baseline",
+                        "transformer"]) == 0
+    md = (out / "report.md").read_text()
+    c = pd.read_csv(out / "comparisons.csv")
+    fam = c[c["view"] == "declared"]
+    assert list(zip(fam["a"], fam["b"])) == [("attn_dim=16", "attn_dim=null"), ("transformer", "attn_dim=null")]
+    ex = c[c["view"] == "exploratory vs transformer"]
+    assert len(ex) == 2 and "Exploratory: every arm vs transformer" in md  # shown apart, the family unchanged
+    s = pd.read_csv(out / "summary.csv", index_col="arm")
+    # seed 3 of attn_dim=16 diverged: counted as accuracy 0 (declared diverged: worst)
+    a16 = np.array([1.0, 0.52, 0.517, 0.0])
+    assert s.loc["attn_dim=16", "n"] == 4 and s.loc["attn_dim=16", "n_diverged"] == 1
+    assert s.loc["attn_dim=16", "mean"] == pytest.approx(a16.mean())
+    assert s.loc["attn_dim=16", "interval"] == "bootstrap"
+    assert 0.0 <= s.loc["attn_dim=16", "ci_lo"] <= s.loc["attn_dim=16", "ci_hi"] <= 1.0
+    ci = sps.binomtest(1, 4).proportion_ci(method="exact")
+    assert s.loc["attn_dim=16", "solved_k"] == 1 and s.loc["attn_dim=16", "solved_hi"] == pytest.approx(ci.high)
+    assert "solved [95% exact CI]" in md and "1/4 [" in md
+    assert "family: 2 comparison(s), declared before the sweep ran" in md
+    # the baseline trained twice as long: flagged; the tune run is in the protocol, not in the comparisons
+    assert "`train.steps` (6 vs 3)" in md
+    assert "Tuning runs (stage tune)" in md and "| attn_dim=null | 1 | 0.003 → 0.001 |" in md
+    assert s.loc["attn_dim=null", "n"] == 4
+    # MQAR has no paper row: no agreement claimed
+    assert "No arm of this sweep has a paper number on the same task (`mqar`)" in md
+
+
+def test_report_folder_name_goes_through_path_component_and_never_overwrites(store, tmp_path, capsys, monkeypatch):
+    from analysis import report
+    from analysis.outdir import MANIFEST
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.md").write_text("my own notes")
+    (tmp_path / "summary.csv").write_text("mine")
+    # a sweep named '..' cannot become a folder: one line, exit 2, nothing written
+    assert report.main(["..", "--tracking-uri", store["uri"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot name the report folder" in err[0] and "--out" in err[0]
+    # --out into a folder with the user's own files: refused
+    assert report.main([NAME, "--tracking-uri", store["uri"], "--out", ".", "--no-log"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and "refusing to overwrite" in err[0]
+    # --out pointing at a file
+    assert report.main([NAME, "--tracking-uri", store["uri"], "--out", "report.md", "--no-log"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0]
+    assert (tmp_path / "report.md").read_text() == "my own notes" and (tmp_path / "summary.csv").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "summary.csv"]
+    # the default folder: reports/<path_component(name)>
+    assert report.main(["grid2", "--tracking-uri", store["uri"], "--no-log"]) == 0
+    out = tmp_path / "reports" / "grid2"
+    assert (out / "heatmap.png").is_file() and (out / MANIFEST).is_file()
+    # a second report into the same folder replaces exactly the files the first one wrote
+    (out / "notes.txt").write_text("keep me")
+    assert report.main([NAME, "--tracking-uri", store["uri"], "--out", str(out), "--no-log"]) == 0
+    assert not (out / "heatmap.png").exists() and (out / "notes.txt").read_text() == "keep me"
+    listed = set(json.loads((out / MANIFEST).read_text())["files"])
+    assert "notes.txt" not in listed and {p.name for p in out.iterdir()} == listed | {"notes.txt", MANIFEST}
+
+
+def test_cli_out_is_a_file_exits_2_without_a_traceback(store, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    res = _cli(NAME, "--tracking-uri", store["uri"], "--out", "taken", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--out taken is a file, not a folder" in lines[0]
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_a_sweep_name_with_separators_stays_inside_reports(tmp_path, monkeypatch):
+    from analysis import report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = Tracker(uri)
+    eid = tr.experiment_id("../escape")
+    trials = [_trial(f"sgu_split={'true' if s else 'false'}", seed, {"sgu_split": s}, {"model.sgu_split": s})
+              for s in (True, False) for seed in (0, 1)]
+    sweep = Sweep(config=SweepConfig(name="../escape", grid={"model.sgu_split": [True, False]}, seeds=[0, 1]),
+                  trials=trials)
+    pid = tr.start_parent(eid, sweep, command="x")
+    for t in trials:
+        rid = tr.start_trial(eid, pid, t, "../escape")
+        tr.log_metrics(rid, {"val/loss": 1.0 + 0.1 * t.seed + (0.2 if t.arm.endswith("false") else 0)}, 3)
+        tr.end_trial(rid, "FINISHED")
+    tr.end_run(pid)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert report.main(["../escape", "--tracking-uri", uri, "--no-log"]) == 0
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("report.md")) == ["reports/escape/report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mlflow.db", "work"] + (["mlruns"] if (tmp_path / "mlruns").exists() else []))

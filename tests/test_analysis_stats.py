@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import paper, stats, tables
+from analysis import compare, paper, stats, tables
 from analysis.frames import cast_param, schema_types
 
 
@@ -22,6 +22,16 @@ def _runs(values: dict, baseline=("base",), factors=None) -> pd.DataFrame:
             rows.append({"arm": arm, "seed": seed, "baseline": arm in baseline,
                          "factors": (factors or {}).get(arm, {}), "m": v})
     return pd.DataFrame(rows)
+
+
+_NO_FAILURES = pd.DataFrame(columns=["arm", "seed", "diverged", "resolved"])
+
+
+def _summary(runs: pd.DataFrame, order, mode="min", metric="m", bounds=(None, None), solved=None, failures=None,
+             diverged="drop"):
+    failures = _NO_FAILURES if failures is None else failures
+    values = stats.arm_values(runs, failures, metric, mode, diverged, bounds)
+    return values, stats.arm_summary(values, runs, failures, mode, order, bounds, solved)
 
 
 # ------------------------------------------------------------------ per-arm summary
@@ -116,18 +126,19 @@ def test_pareto_front():
     assert not stats.pareto_front([1, np.nan], [1.0, 0.5], "min")[1]
 
 
-def test_arm_summary_against_scipy_and_holm():
+def test_arm_summary_against_scipy():
     values = {"a": [1.0, 1.1, 1.05], "b": [1.3, 1.2, 1.25, 1.28], "base": [1.4, 1.5, 1.45], "solo": [1.2]}
     runs = _runs(values)
-    s = stats.arm_summary(runs, "m", "base", "min", order=["a", "b", "solo", "base"])
+    _, s = _summary(runs, ["a", "b", "solo", "base"])
     assert list(s.index) == ["a", "b", "solo", "base"]
-    p = {k: sps.ttest_ind(values[k], values["base"], equal_var=False).pvalue for k in ("a", "b")}
-    assert s.loc["a", "p"] == pytest.approx(p["a"]) and s.loc["b", "p"] == pytest.approx(p["b"])
-    assert math.isnan(s.loc["solo", "p"]) and math.isnan(s.loc["solo", "ci"]) and s.loc["solo", "n"] == 1
-    assert math.isnan(s.loc["base", "delta"])
-    assert list(s["p_holm"].iloc[:2]) == pytest.approx(list(stats.holm([p["a"], p["b"]])))
-    assert s.loc["a", "best"] and s.loc["a", "rank"] == 1
-    assert s.loc["a", "delta_pct"] == pytest.approx(100 * (np.mean(values["a"]) - 1.45) / 1.45)
+    for arm, vals in values.items():
+        assert s.loc[arm, "n"] == len(vals) and s.loc[arm, "mean"] == pytest.approx(np.mean(vals))
+        if len(vals) > 1:
+            lo, hi = sps.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sps.sem(vals))
+            assert (s.loc[arm, "ci_lo"], s.loc[arm, "ci_hi"]) == pytest.approx((lo, hi)) and s.loc[arm, "interval"] == "t"
+    assert math.isnan(s.loc["solo", "ci"]) and s.loc["solo", "interval"] == "none"
+    assert s.loc["a", "rank"] == 1 and not s["best"].any()  # best is decided by compare.mark_best
+    assert (s["n_failed"] == 0).all() and (s["n_diverged"] == 0).all()
 
 
 def test_arm_order_follows_grid_then_baselines():
@@ -170,13 +181,15 @@ def test_latex_escape():
 
 def test_comparison_table_bold_best_and_formats():
     runs = _runs({"a": [1.0, 1.1, 1.05], "base": [1.4, 1.5, 1.45]}, factors={"a": {"model.sgu_split": True}})
-    s = stats.arm_summary(runs, "m", "base", "min", ["a", "base"])
+    values, s = _summary(runs, ["a", "base"])
+    best, note = compare.mark_best(s, values, "min", 0.05)
+    assert best == "a" and "resolved against the runner-up base" in note
     for col in ("params", "flops_per_token", "tokens_per_s"):
         s[col] = [1.5e6, 2e6]
     info = stats.arm_factors(runs, ["model.sgu_split"], ["a", "base"])
-    t = tables.comparison_table(s, info, ["model.sgu_split"], "m", "min", "base")
+    t = tables.comparison_table(s, info, ["model.sgu_split"], "m", "min")
     md = t.to_markdown()
-    assert "| **a** | true |" in md and "base (baseline) | — |" in md and "reference" in md
+    assert "| **a** | true |" in md and "base (baseline) | — |" in md and "seeds lost" in md
     assert "| 1.5M |" in md and "| 2M |" in md and "(n=3)" in md
     tex = t.to_latex(label="tab:x")
     assert "\\toprule" in tex and "\\textbf{a}" in tex and "sgu\\_split" in tex
@@ -213,42 +226,76 @@ def test_sgu_split_sweep_maps_to_table_3():
     runs = _mapped({"s=true": [1.0, 1.1], "s=false": [1.3, 1.2], "tf": [1.5, 1.6]},
                    {"s=true": {"model.sgu_split": True}, "s=false": {"model.sgu_split": False}})
     arms = ["s=true", "s=false", "tf"]
-    rows = paper.arm_rows(runs, arms, ["model.sgu_split"])
+    rows = paper.arm_rows(runs, arms, ["model.sgu_split"], "mlm")
     assert rows == {"s=true": paper.T3_SPLIT, "s=false": paper.T3_UNSPLIT, "tf": paper.T3_BERT}
     cols = paper.paper_columns(paper.load_reference(), rows, arms)
     assert cols["paper_value"].tolist() == [4.35, 4.53, 4.37]
-    s = stats.arm_summary(runs, "m", "tf", "min", arms)
-    order = paper.orderings(runs, s, cols, "m", "min", ["model.sgu_split"]).set_index(["a", "b"])
+    assert cols["paper_task"].tolist() == ["mlm"] * 3
+    values, s = _summary(runs, arms)
+    order = paper.orderings(runs, values, s, cols, "min", ["model.sgu_split"], 0.05).set_index(["a", "b"])
     row = order.loc[("s=true", "s=false")]
-    assert row["paper_better"] == "s=true" and row["ours_better"] == "s=true" and row["agree"]
+    assert row["paper_better"] == "s=true" and row["ours_better"] == "s=true"
     assert not row["paper_approx_a"] and row["paper_approx_b"]  # only the unsplit number is unverified
-    assert not order.loc[("s=false", "tf"), "agree"]  # paper: BERT 4.37 < unsplit 4.53; ours: unsplit better
-    text = tables.ordering_table(order.reset_index(), "m", "min").to_markdown()
+    # two seeds each, paired (same seeds): the paired test does not resolve it, so no agreement is claimed
+    assert row["test"] == "paired t" and row["p"] == pytest.approx(sps.ttest_rel([1.0, 1.1], [1.3, 1.2]).pvalue)
+    assert not row["resolved"] and row["agree"] is None
+    # paper: BERT 4.37 < unsplit 4.53; ours: unsplit better, resolved -> disagreement
+    tf = order.loc[("s=false", "tf")]
+    assert tf["paper_better"] == "tf" and tf["resolved"] == (tf["p"] < 0.05)
+    # split 4.35 vs BERT 4.37: a tie in the paper (0.5%), whatever our difference
+    tie = order.loc[("s=true", "tf")]
+    assert tie["paper_better"] is None and tie["agree"] is None and paper.paper_tie(4.35, 4.37)
+    text = tables.ordering_table(order.reset_index(), "m", "min", 0.05).to_markdown()
     assert "T3: 4.35 < ≈4.53 perplexity" in text and "same ordering?" in text
     lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if " vs " in ln}
-    assert lines["s=true vs tf"].rstrip(" |").endswith("yes")  # Δ −0.5 [CI excludes 0]: resolved
-    # two seeds each, means 1.05 vs 1.25: the CI includes 0, so the agreement is marked unresolved
-    assert order.loc[("s=true", "s=false"), "delta_lo"] <= 0 <= order.loc[("s=true", "s=false"), "delta_hi"]
-    assert "yes (not resolved: CI includes 0)" in lines["s=true vs s=false"]
+    assert "a tie in the paper" in lines["s=true vs tf"]
+    assert "ours not resolved" in lines["s=true vs s=false"]
+
+
+def test_agreement_with_the_paper_needs_a_resolved_difference():
+    runs = _mapped({"s=true": [1.0, 1.1, 1.05], "s=false": [1.3, 1.42, 1.33], "tf": [1.5, 1.6, 1.55]},
+                   {"s=true": {"model.sgu_split": True}, "s=false": {"model.sgu_split": False}})
+    arms = ["s=true", "s=false", "tf"]
+    cols = paper.paper_columns(paper.load_reference(), paper.arm_rows(runs, arms, ["model.sgu_split"], "mlm"), arms)
+    values, s = _summary(runs, arms)
+    order = paper.orderings(runs, values, s, cols, "min", ["model.sgu_split"], 0.05).set_index(["a", "b"])
+    row = order.loc[("s=true", "s=false")]
+    assert row["p"] == pytest.approx(sps.ttest_rel([1.0, 1.1, 1.05], [1.3, 1.42, 1.33]).pvalue) and row["p"] < 0.05
+    assert row["resolved"] and row["agree"] is True
+    text = tables.ordering_table(order.reset_index(), "m", "min", 0.05).to_markdown()
+    line = next(ln for ln in text.splitlines() if ln.startswith("| s=true vs s=false"))
+    assert line.rstrip(" |").endswith("yes")
+
+
+def test_paper_rows_only_on_the_papers_task():
+    runs = _mapped({"s=true": [1.0, 1.1], "tf": [1.5, 1.6]}, {"s=true": {"model.sgu_split": True}})
+    for task in ("charlm", "mqar", "digits", None):  # causal LM, recall, vision: the paper's T3 is masked LM
+        assert paper.arm_rows(runs, ["s=true", "tf"], ["model.sgu_split"], task) == {}
+    ref = paper.load_reference()
+    for row in (paper.T3_SPLIT, paper.T3_UNSPLIT, paper.T3_BERT, paper.T6_GMLP, paper.T6_AMLP, paper.T6_BERT):
+        hit = ref[(ref["table"] == row.table) & (ref["model"] == row.model) & (ref["variant"] == row.variant)
+                  & (ref["metric"] == row.metric)]
+        assert len(hit) == 1 and hit["task"].item() == row.task  # the table says which task each row is from
 
 
 def test_attn_dim_maps_to_table_6_and_survival_has_only_notes():
     runs = _mapped({"attn_dim=null": [1.0, 1.1], "attn_dim=64": [0.9, 0.95], "tf": [1.2, 1.3]},
                    {"attn_dim=null": {"model.attn_dim": None}, "attn_dim=64": {"model.attn_dim": 64}})
-    rows = paper.arm_rows(runs, ["attn_dim=null", "attn_dim=64", "tf"], ["model.attn_dim"])
+    rows = paper.arm_rows(runs, ["attn_dim=null", "attn_dim=64", "tf"], ["model.attn_dim"], "mlm")
     assert rows == {"attn_dim=null": paper.T6_GMLP, "attn_dim=64": paper.T6_AMLP, "tf": paper.T6_BERT}
     runs = _mapped({"p=1.0": [1.0, 1.1], "p=0.8": [0.9, 0.95]},
                    {"p=1.0": {"model.prob_survival": 1.0}, "p=0.8": {"model.prob_survival": 0.8}})
-    assert paper.arm_rows(runs, ["p=1.0", "p=0.8"], ["model.prob_survival"]) == {}
-    assert "Table 2" in paper.notes_for(["model.prob_survival"])[0]
+    assert paper.arm_rows(runs, ["p=1.0", "p=0.8"], ["model.prob_survival"], "digits") == {}
+    note = paper.notes_for(["model.prob_survival"])[0]
+    assert "Table 1" in note and "survival" in note  # the survival probabilities are in Table 1 (top-1: Table 2)
 
 
 def test_paper_table_never_mixes_columns():
     runs = _mapped({"s=true": [1.0, 1.1], "tf": [1.5, 1.6]}, {"s=true": {"model.sgu_split": True}})
     arms = ["s=true", "tf"]
-    cols = paper.paper_columns(paper.load_reference(), paper.arm_rows(runs, arms, ["model.sgu_split"]), arms)
-    s = stats.arm_summary(runs, "m", "tf", "min", arms)
-    t = tables.paper_table(s, cols, "m", "min", "charlm")
+    cols = paper.paper_columns(paper.load_reference(), paper.arm_rows(runs, arms, ["model.sgu_split"], "mlm"), arms)
+    _, s = _summary(runs, arms)
+    t = tables.paper_table(s, cols, "m", "min", "mlm")
     assert t.header[2].startswith("paper value") and t.header[4].startswith("ours")
     assert t.rows[0][2] == "4.35 perplexity" and t.rows[1][2] == "≈4.37 perplexity"
     assert t.rows[0][4].startswith("1.05")
