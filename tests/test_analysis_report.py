@@ -650,3 +650,31 @@ def test_a_sweep_name_with_separators_stays_inside_reports(tmp_path, monkeypatch
     assert report.main(["../escape", "--tracking-uri", uri, "--no-log"]) == 0
     assert sorted(str(p.relative_to(work)) for p in work.rglob("report.md")) == ["reports/escape/report.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mlflow.db", "work"] + (["mlruns"] if (tmp_path / "mlruns").exists() else []))
+
+
+def test_one_family_across_sweeps_is_holm_corrected_over_the_union(store, tmp_path, capsys):
+    from analysis import family
+
+    out = tmp_path / "union.csv"
+    assert family.main([NAME, "grid2", "--tracking-uri", store["uri"], "--csv", str(out)]) == 0
+    md = capsys.readouterr().out
+    df = pd.read_csv(out)
+    assert list(df["sweep"]) == [NAME, NAME, "grid2", "grid2", "grid2"]  # 2 + 3 declared (here: inferred) pairs
+    ref = np.array(EXPECTED["sgu_split=true"])
+    raw = [sps.ttest_ind(EXPECTED["sgu_split=false"], ref, equal_var=False).pvalue,
+           sps.ttest_rel(EXPECTED["transformer"], ref).pvalue, 1.0, 1.0, 1.0]  # grid2: one seed each, untestable
+    assert df["p"].tolist() == pytest.approx(raw, rel=1e-9)
+    m = len(raw)
+    order = np.argsort(raw, kind="stable")
+    adjusted = np.maximum.accumulate([min(1.0, (m - i) * raw[j]) for i, j in enumerate(order)])
+    expect = np.empty(m)
+    expect[order] = adjusted
+    assert df["p_holm"].tolist() == pytest.approx(list(expect), rel=1e-9)
+    assert "Holm-corrected together" in md and "| sgu_test | transformer − sgu_split=true |" in md
+    # bad input: one line, exit 2; an existing CSV is never overwritten
+    assert family.main([NAME, "nope", "--tracking-uri", store["uri"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "experiment 'nope' does not exist" in err[0]
+    before = out.read_text()
+    assert family.main([NAME, "--tracking-uri", store["uri"], "--csv", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err and out.read_text() == before
