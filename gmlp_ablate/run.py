@@ -293,11 +293,7 @@ def _main(argv: Optional[List[str]]) -> int:
                 raise ConfigError(name, f"must be >= {low}, got {value}")
         _check_address(args.address)
         uri = check_uri(args.tracking_uri)
-        sweep = load_sweep(args.sweep, args.overrides)
-        try:
-            path_component(sweep.name)
-        except ValueError as e:
-            raise ConfigError("name", str(e)) from None
+        sweep = load_sweep(args.sweep, args.overrides)  # refuses a name unusable as a path component
         args.storage = os.path.abspath(os.path.expanduser(args.storage or "~/ray_results"))
         check_storage(args.storage)
         if not args.address:

@@ -612,6 +612,26 @@ def test_sweep_on_a_ray_cluster_logging_to_an_mlflow_server(tmp_path, procs, ray
     assert not (driver_home / "mlflow.db").exists()
 
 
+def test_pending_timeout_on_a_cluster_that_cannot_fit_a_trial(tmp_path, procs, ray_cluster):
+    """A trial asking for more CPUs than any node has: one warning line, then, after
+    --pending-timeout, exit 1 with one error line; nothing is left claimed or running."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_yaml(tmp_path / "big.yaml", {**TINY, "name": "big", "baselines": {}})
+    log = tmp_path / "run.log"
+    t0 = time.monotonic()
+    code = procs.run_driver(path, "resources.cpu=3", "--address", ray_cluster, "--tracking-uri", uri, "--storage",
+                            str(tmp_path / "ray_results"), "--pending-timeout", "5", log=log, RAY_AUTH_MODE="token")
+    out = log.read_text()
+    assert code == 1, out
+    assert "warning: a trial needs 3 CPU + 0 GPU on one node; the cluster's largest node has 2 CPU + 0 GPU now; " \
+           "giving up after 5 s (--pending-timeout)" in out, out
+    assert "error: --pending-timeout: no trial could start in 5 s" in out and "Traceback" not in out, out
+    assert time.monotonic() - t0 < 120
+    got = mlflow_runs(uri, "big")
+    assert [r.info.status for r in got["parents"]] == ["FAILED"] and got["trials"] == []
+    assert got["client"].search_registered_models() == [], "its claim was released"
+
+
 # --------------------------------------------------------------------------------------
 # 7. Concurrent writers on one sqlite store
 # --------------------------------------------------------------------------------------
