@@ -341,8 +341,8 @@ class ZooModel(nn.Module):
         """Each module initialises its own parameters: its ``init_weights()`` if it has one,
         else :func:`init_dense` (torch's Linear / Embedding / LayerNorm), visited depth-first
         by one :func:`named_apply`. Modules with ``init_after_dense`` (the SGU) are called
-        after the walk, in module order: every dense draw comes first, the order of draws
-        the models have always used, so a seeded model is the same as before."""
+        after the walk, in module order: every dense draw comes first, then the spatial
+        weights, an order kept fixed so that seeded models do not change between versions."""
         after: List[nn.Module] = []
 
         def init(module: nn.Module, name: str) -> None:
