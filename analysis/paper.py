@@ -1,8 +1,7 @@
 """The paper's reported numbers next to ours: which paper row an arm corresponds to.
 
-The reference numbers (``analysis/data/gmlp_paper.csv``, a copy of the shared reference
-file) come from "Pay Attention to MLPs" (Liu et al. 2021), trained on C4 / ImageNet at
-scale. Our sweeps run the same ablations at laptop scale, so only the *ordering* of variants
+The reference numbers (``analysis/data/gmlp_paper.csv``, with the task of each row) come
+from "Pay Attention to MLPs" (Liu et al. 2021), trained on C4 / ImageNet at scale. Our sweeps run the same ablations at laptop scale, so only the *ordering* of variants
 can carry over. Rows whose ``verified`` is not ``yes`` are approximate (secondary
 transcriptions) and are marked wherever shown.
 

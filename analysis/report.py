@@ -122,7 +122,7 @@ def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
     """Write the PNG figures into ``out``."""
     from analysis import plots  # matplotlib/seaborn load only once there is something to draw
 
-    meta, runs = data.meta, data.runs
+    meta = data.meta
     files: Dict[str, Path] = {}
     title = f"sweep '{meta.name}'"
     baseline_arms = [a for a in an.order if bool(an.arm_info.loc[a, "baseline"])]
@@ -133,7 +133,8 @@ def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
         bands = {m: stats.curve_bands(data.curves, m) for m in curve_metrics}
         files["curves"] = plots.plot_curves(bands, an.order, palette, baseline_arms, out / "curves.png", title,
                                             curves=data.curves)
-    files["final"] = plots.plot_final(runs, an.summary, an.metric, an.mode, palette, an.design.reference_arm,
+    seeds = an.values.rename(columns={"value": an.metric})  # diverged seeds at their counted value, if any
+    files["final"] = plots.plot_final(seeds, an.summary, an.metric, an.mode, palette, an.design.reference_arm,
                                       out / "final.png", title)
     grid_cells = int((~an.arm_info["baseline"]).sum())
     if len(factors) == 2 and grid_cells > 1:
