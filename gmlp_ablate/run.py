@@ -354,9 +354,9 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
     from gmlp_ablate import liveness
     from gmlp_ablate.callbacks import SweepInterrupted
     from gmlp_ablate.claims import Claims
-    from gmlp_ablate.tracking import one_line
+    from gmlp_ablate.tracking import one_line, store_failure
 
-    reaper = None
+    reaper, store_down = None, None
     try:
         reaper = _start_ray(args)
         stop.install()  # ray.init replaced the SIGTERM handler
@@ -377,10 +377,13 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
     except PendingTimeout as e:
         print(f"error: {e}", file=sys.stderr)
     except Exception as e:  # the driver itself failed (e.g. the tracking server went away)
-        print(f"error: the sweep driver failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+        store_down = store_failure(e, tracker.uri)
+        print(f"error: {store_down}; the next run of this sweep closes the runs left open" if store_down else
+              f"error: the sweep driver failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
     finally:
         _shutdown_ray(reaper)
-        _close_runs(tracker, parent_id, ledger, claims, status, n_skip)
+        if not store_down:  # a store known to be gone is not waited on for minutes
+            _close_runs(tracker, parent_id, ledger, claims, status, n_skip)
     if not driver_ok:
         return EXIT_INTERRUPTED if status == "KILLED" else EXIT_FAILED
 
@@ -402,7 +405,7 @@ def _close_runs(tracker: Any, parent_id: str, ledger: Any, claims: Any, status: 
 
     Best effort, one line if it fails: the next invocation closes what is left (driver_lost).
     """
-    from gmlp_ablate.tracking import one_line
+    from gmlp_ablate.tracking import one_line, store_failure
 
     try:
         for e in ledger.stop_running(interrupted=status == "KILLED"):
@@ -413,8 +416,9 @@ def _close_runs(tracker: Any, parent_id: str, ledger: Any, claims: Any, status: 
                                      "trials.failed": str(len(ledger.failed()))})
         tracker.end_run(parent_id, status)
     except Exception as e:
-        print(f"warning: could not close the MLflow runs ({type(e).__name__}: {one_line(e)}); "
-              "the next run of this sweep closes them", file=sys.stderr)
+        why = store_failure(e, tracker.uri) or f"{type(e).__name__}: {one_line(e)}"
+        print(f"warning: could not close the MLflow runs ({why}); the next run of this sweep closes them",
+              file=sys.stderr)
 
 
 class PendingTimeout(Exception):

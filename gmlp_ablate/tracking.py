@@ -523,7 +523,37 @@ def _param(v: Any) -> str:
 
 
 def one_line(e: Any) -> str:
-    """The line of an error's text that says what went wrong."""
+    """The line of an error's text that says what went wrong (a traceback's last line)."""
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if lines and len(lines[0]) < 8 else lines[0] if lines else type(e).__name__).strip()
+    if not lines:
+        return type(e).__name__
+    last_first = len(lines[0]) < 8 or lines[0].startswith("Traceback")
+    return (lines[-1] if last_first else lines[0]).strip()
+
+
+def _chain_text(e: BaseException) -> str:
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return "\n".join(parts)
+
+
+def store_failure(e: BaseException, uri: str) -> Optional[str]:
+    """One line when ``e`` (or what it wraps) says the tracking store itself failed, else None."""
+    text = _chain_text(e)
+    low = text.lower()
+    if urlsplit(uri).scheme in SERVER_SCHEMES and any(
+            s in text for s in ("Max retries exceeded", "ConnectionError", "Connection refused", "Read timed out")):
+        why = "connection refused" if "Connection refused" in text else "timed out" if "timed out" in low else \
+            "no answer"
+        return f"the tracking server {uri} stopped answering ({why})"
+    path = sqlite_path(uri)
+    if path is not None and any(s in low for s in ("readonly database", "unable to open database file",
+                                                   "disk i/o error", "database or disk is full")):
+        why = next(s for s in ("readonly database", "unable to open database file", "disk i/o error",
+                               "database or disk is full") if s in low)
+        return f"the tracking store {path} can no longer be written ({why})"
+    return None

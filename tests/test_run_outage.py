@@ -1,0 +1,110 @@
+"""The tracking server goes away mid-sweep: one line, in seconds once MLflow's own retries
+are spent; the same command against the restarted server finishes the sweep, continuing the
+trial from its checkpoint. A real ``mlflow server`` on 127.0.0.1, a real local Ray."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import VENV_BIN, Processes, free_port, wait_for, write_yaml
+
+pytestmark = pytest.mark.integration
+
+SWEEP = {
+    "name": "outage",
+    "base": {"task": {"name": "mqar", "num_kv_pairs": 2, "seq_len": 16, "num_val": 64},
+             "model": {"dim": 16, "depth": 1},
+             "train": {"steps": 6000, "batch_size": 8, "eval_every": 500, "log_every": 100, "warmup_steps": 2}},
+    "grid": {"model.sgu_split": [True]},
+    "seeds": [0],
+}
+
+
+def _server(tmp: Path, port: int) -> Processes:
+    home = tmp / f"server_{time.monotonic_ns()}"
+    home.mkdir()
+    srv = Processes(home)
+    srv.start([str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+               "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"], home / "server.log")
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, 120, "the MLflow server", every=0.5)
+    return srv
+
+
+def test_tracking_server_outage_is_one_line_and_the_rerun_finishes(tmp_path, procs):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    path = write_yaml(tmp_path / "s.yaml", SWEEP)
+    args = ["--tracking-uri", url, "--storage", str(tmp_path / "results"), "--num-cpus", "1"]
+    server = _server(tmp_path, port)
+    log = tmp_path / "run1.log"
+    try:
+        # MLflow's retries shortened (default: about 4 minutes of back-off per request)
+        p = procs.driver(path, *args, log=log, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                         MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
+        wait_for(lambda: _val_logged(url), 180, "an evaluation logged", every=0.5)
+    finally:
+        server.cleanup()  # the server dies (SIGTERM, then SIGKILL)
+    t0 = time.monotonic()
+    code = p.wait(timeout=120)
+    took = time.monotonic() - t0
+    out = log.read_text()
+    errors = [ln for ln in out.splitlines() if ln.startswith(("error", "warning", "Traceback"))]
+    assert code == 1, out
+    assert errors == [f"error: the tracking server {url} stopped answering (connection refused); the next run of "
+                      "this sweep closes the runs left open"], out
+    assert "Traceback" not in out and took < 60, (took, out)
+
+    server = _server(tmp_path, port)  # back, on the same store
+    try:
+        log2 = tmp_path / "run2.log"
+        code = procs.run_driver(path, *args, log=log2, timeout=400)
+        out2 = log2.read_text()
+        assert code == 0, out2
+        assert "closed 2 run(s) left RUNNING" in out2 and "resumed from its checkpoint at step" in out2
+        runs = requests.post(f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [_eid(url)]},
+                             timeout=10).json()["runs"]
+        trials = [r for r in runs if _tags(r).get("gmlp_ablate.role") == "trial"]
+        assert len(trials) == 1 and trials[0]["info"]["status"] == "FINISHED", trials
+        assert int(_tags(trials[0])["resumed_from_step"]) >= 500
+        steps = _history(url, trials[0]["info"]["run_id"], "train/loss")
+        assert steps == sorted(set(steps)) and steps[-1] == 6000, steps
+    finally:
+        server.cleanup()
+
+
+def _tags(run):
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def _eid(url: str) -> str:
+    r = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "outage"}, timeout=5)
+    return r.json()["experiment"]["experiment_id"]
+
+
+def _history(url: str, run_id: str, key: str):
+    r = requests.get(f"{url}/api/2.0/mlflow/metrics/get-history", params={"run_id": run_id, "metric_key": key},
+                     timeout=10)
+    return [m["step"] for m in r.json().get("metrics", [])]
+
+
+def _val_logged(url: str) -> bool:
+    """Whether the sweep's trial run has logged an evaluation yet."""
+    try:
+        runs = requests.post(f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [_eid(url)]},
+                             timeout=5).json().get("runs", [])
+    except Exception:  # the experiment does not exist yet
+        return False
+    return any(_tags(r).get("gmlp_ablate.role") == "trial" and _history(url, r["info"]["run_id"], "val/loss")
+               for r in runs)
