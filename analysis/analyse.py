@@ -113,7 +113,9 @@ def analyse(data: SweepData, metric: str, baseline: Optional[str] = None) -> Ana
     rows = paper_mod.arm_rows(runs, order, factors, task)
     pcols = paper_mod.paper_columns(ref, rows, order)
     orderings = paper_mod.orderings(runs, values, summary, pcols, mode, factors, design.alpha, bounds)
-    warn = fairness.family_warnings(runs, list(design.family) + ([] if exploratory is None else
+    warn = [] if design.sequential is not None else fairness.added_seeds(
+        [p.get("seeds", "") for p in meta.parents], values["seed"].dropna())
+    warn += fairness.family_warnings(runs, list(design.family) + ([] if exploratory is None else
                                                                   list(zip(exploratory["a"], exploratory["b"]))),
                                     meta.factors, meta.baseline_overrides)
     csv = tables.summary_frame(summary, info, pcols, factors, metric, mode)

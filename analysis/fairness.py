@@ -67,10 +67,45 @@ def pair_warnings(runs: pd.DataFrame, a: str, b: str, factors: Sequence[str],
     return out
 
 
+def added_seeds(declared: Sequence[str], used: Iterable[int]) -> List[str]:
+    """A warning when a fixed design's seeds grew after the first invocation: ``declared``
+    are the invocations' ``sweep.seeds`` params (JSON, oldest first), ``used`` the seeds of
+    the runs reported. Adding seeds after looking at the results (optional stopping) raises
+    the false-positive rate; a sequential design (``seeds: {initial, max}``) does not."""
+    lists = []
+    for text in declared:
+        try:
+            value = json.loads(text) if text else None
+        except ValueError:
+            value = None
+        if isinstance(value, list):
+            lists.append(value)
+    if not lists:
+        return []
+    extra = sorted(set(int(s) for s in used) - set(lists[0]))
+    if not extra:
+        return []
+    return [f"seeds {', '.join(map(str, extra))} were added after the first invocation declared seeds "
+            f"{', '.join(map(str, lists[0]))}: if that was decided after seeing results, the p-values overstate "
+            "the evidence (declare a sequential design, seeds: {initial, max}, instead)"]
+
+
+def arm_warnings(runs: pd.DataFrame) -> List[str]:
+    """Arms whose pooled runs come from more than one code version."""
+    if "git_commit" not in runs.columns:
+        return []
+    out = []
+    for arm, g in runs.groupby("arm", sort=False):
+        commits = sorted({str(c) for c in g["git_commit"].dropna()})
+        if len(commits) > 1:
+            out.append(f"{arm}: its seeds pool runs of {len(commits)} code versions (git_commit {_short(commits)})")
+    return out
+
+
 def family_warnings(runs: pd.DataFrame, pairs: Iterable[Tuple[str, str]], factors: Sequence[str],
                     baseline_overrides: Dict[str, Any]) -> List[str]:
-    """:func:`pair_warnings` of every pair (each unordered pair once), in order."""
-    out: List[str] = []
+    """:func:`arm_warnings`, then :func:`pair_warnings` of every pair (each unordered pair once)."""
+    out: List[str] = arm_warnings(runs)
     seen: Set[frozenset] = set()
     for a, b in pairs:
         if frozenset((a, b)) not in seen:

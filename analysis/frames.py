@@ -75,7 +75,8 @@ class SweepMeta:
     params: Dict[str, str] = field(default_factory=dict)
     """Every param of the latest parent run (the declared design is read from them)."""
     parents: List[Dict[str, Any]] = field(default_factory=list)
-    """Every invocation: run_id, start_time, status, command, git_commit (oldest first)."""
+    """Every invocation: run_id, start_time, status, command, git_commit, seeds (its
+    ``sweep.seeds`` param, JSON text) (oldest first)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ def parse_meta(name: str, experiment_id: str, uri: str, parents: Sequence[Any]) 
         "status": r.info.status,
         "command": r.data.tags.get(TAG_COMMAND, ""),
         "git_commit": r.data.tags.get(TAG_COMMIT, ""),
+        "seeds": r.data.params.get("sweep.seeds", ""),
     } for r in parents]
     if not parents:
         return meta

@@ -224,6 +224,17 @@ def test_comparability_warnings_for_settings_data_and_code():
     assert any("task's data differs" in x and "seed(s) 1" in x for x in w)
     assert any("code versions differ" in x and "c1, c2 vs c1" in x for x in w)
     assert not any("model.arch" in x for x in w)  # the baseline's declared override is the comparison
+    everything = fairness.family_warnings(runs, [("b", "a"), ("a", "b"), ("tf", "a")], ["model.sgu_split"],
+                                          {"tf": {"model": {"arch": "transformer"}}})
+    assert everything[0] == "tf: its seeds pool runs of 2 code versions (git_commit c1, c2)"
+    assert sum("b vs a" in x or "a vs b" in x for x in everything) == 1  # each unordered pair once
+
+
+def test_seeds_added_after_the_first_invocation_are_flagged():
+    w = fairness.added_seeds(["[0, 1, 2]", "[0, 1, 2, 3, 4]"], [0, 1, 2, 3, 4])
+    assert len(w) == 1 and w[0].startswith("seeds 3, 4 were added after the first invocation declared seeds 0, 1, 2")
+    assert fairness.added_seeds(["[0, 1, 2]", "[0, 1, 2]"], [0, 1, 2]) == []
+    assert fairness.added_seeds(['{"initial": 3, "max": 10}'], range(8)) == []  # sequential: planned
 
 
 def test_metric_directions_and_units():

@@ -506,14 +506,28 @@ def test_an_arm_whose_new_config_failed_in_every_seed_shows_no_old_results_as_cu
     assert an.family.loc[0, "p"] == 1.0 and "no values for dim=48" in an.family.loc[0, "note"]
 
 
-def _declared_store(root: Path) -> str:
+class _ProtocolTracker(Tracker):
+    """A Tracker whose parent runs carry ``protocol`` params in place of the ones it writes
+    itself (the sweep loader writes a sequential design's ``sweep.seeds`` as a JSON object)."""
+
+    def __init__(self, uri: str, protocol: dict):
+        super().__init__(uri)
+        self.protocol = protocol
+
+    def _log(self, run_id, params=None, tags=None):
+        if params and "sweep.name" in params:
+            params = {**params, **self.protocol}
+        return super()._log(run_id, params=params, tags=tags)
+
+
+def _declared_store(root: Path, extra: dict = None) -> str:
     """A sweep that declared its design on the parent run: MQAR-like accuracies where seeds
     split into solved and unsolved, a baseline whose training budget differs, a diverged seed
     counted as the worst value, a tune stage."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    tr = Tracker(uri)
+    tr = _ProtocolTracker(uri, extra or {})
     eid = tr.experiment_id("declared")
     acc = {"attn_dim=null": [0.52, 0.51, 0.53], "attn_dim=16": [1.0, 0.52, 0.517], "transformer": [1.0, 0.999, 1.0]}
     trials = []
@@ -584,6 +598,25 @@ def test_declared_family_bounded_metric_solved_and_worst_in_the_report(tmp_path)
     assert s.loc["attn_dim=null", "n"] == 4
     # MQAR has no paper row: no agreement claimed
     assert "No arm of this sweep has a paper number on the same task (`mqar`)" in md
+
+
+def test_a_sequential_design_is_decided_by_its_boundaries(tmp_path):
+    from analysis import report
+    from gmlp_ablate import sequential
+
+    seeds = {"initial": 3, "max": 4, "step": 1, "first": 0, "boundary": "pocock"}
+    uri = _declared_store(tmp_path, {"sweep.seeds": json.dumps(seeds)})
+    out = tmp_path / "rep"
+    assert report.main(["declared", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    c = pd.read_csv(out / "comparisons.csv")
+    plan = sequential.plan(3, 4, 0.05, "pocock", family_size=2, step=1)
+    ref = np.array([0.52, 0.51, 0.53, 0.52])
+    diffs = {"16": np.array([1.0, 0.52, 0.517, 0.0]) - ref, "tf": np.array([1.0, 0.999, 1.0, 1.0]) - ref}
+    dec = sequential.decide(plan, diffs, 1)
+    assert c["resolved"].tolist() == [dec["16"].status == "resolved", dec["tf"].status == "resolved"]
+    assert c["decision"].str.startswith("sequential (pocock, look 2 of 2)").all()
+    md = (out / "report.md").read_text()
+    assert "seeds: sequential: 3 seeds, then more in rounds up to 4" in md and "were added after" not in md
 
 
 def test_report_folder_name_goes_through_path_component_and_never_overwrites(store, tmp_path, capsys, monkeypatch):
