@@ -5,7 +5,8 @@
 - :class:`MLflowMirror` feeds Tune's trial events to the :class:`~gmlp_ablate.ledger.Ledger`
   and writes what they mean to MLflow (one writer per driver); it keeps the heartbeat.
 - :class:`ConsoleProgress` prints one line per event and a status line every 30 s.
-- :class:`StopOnSignal` ends Tune's loop once SIGINT/SIGTERM was received.
+- :class:`StopOnSignal` ends Tune's loop once SIGINT/SIGTERM was received;
+  :class:`PendingWatch` once trials waited ``--pending-timeout`` seconds for resources.
 
 Tune calls callbacks in list order: the mirror first, so the others read an updated ledger.
 """
@@ -221,6 +222,28 @@ class ConsoleProgress(Callback):
             running = [f"{e.label} @{max(e.last_step, 0)}/{e.steps}" for e in self.ledger.running()]
             self._say(self._counts() + (f"  running: {', '.join(running)}" if running else ""))
             self.last_status = now
+
+
+class PendingTimeout(Exception):
+    """No trial could start within ``--pending-timeout`` seconds."""
+
+
+class PendingWatch(Callback):
+    """Raises :class:`PendingTimeout` once trials have waited ``timeout`` s with none running
+    (a cluster without a node that has a trial's resources)."""
+
+    def __init__(self, timeout: float, cpu: float, gpu: float) -> None:
+        self.timeout, self.cpu, self.gpu = timeout, cpu, gpu
+        self.since = time.monotonic()
+
+    def on_step_end(self, iteration: int, trials: List[Any], **info: Any) -> None:
+        busy = any(t.status == "RUNNING" for t in trials)
+        waiting = any(t.status == "PENDING" for t in trials)
+        if busy or not waiting:
+            self.since = time.monotonic()
+        elif time.monotonic() - self.since > self.timeout:
+            raise PendingTimeout(f"--pending-timeout: no trial could start in {self.timeout:g} s: a trial needs "
+                                 f"{self.cpu:g} CPU + {self.gpu:g} GPU on one node of the cluster")
 
 
 class SweepInterrupted(Exception):

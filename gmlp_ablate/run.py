@@ -19,17 +19,15 @@ logged), 130 interrupted (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shlex
 import signal
-import socket
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
 from gmlp_ablate.names import path_component
+from gmlp_ablate.preflight import check_address, check_local_resources, check_storage, gpu_per_trial
 from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.sweep import Sweep, Trial, load_sweep
 from gmlp_ablate.trial import merge_trial, to_dict
@@ -128,68 +126,6 @@ class StopFlag:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt
-
-
-def gpu_per_trial(resources: Any, cluster_gpus: float) -> float:
-    """``auto``: 1/trials_per_gpu of a GPU when the cluster has GPUs, else 0."""
-    if resources.gpu == "auto":
-        return 1.0 / resources.trials_per_gpu if cluster_gpus > 0 else 0.0
-    return float(resources.gpu)
-
-
-def local_gpus() -> int:
-    """GPUs a local Ray instance would see: ``CUDA_VISIBLE_DEVICES``, else NVIDIA device files."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return len(glob.glob("/dev/nvidia[0-9]*"))
-
-
-def check_local_resources(resources: Any, num_cpus: Optional[int]) -> None:
-    """ConfigError for a per-trial request the local instance can never meet (Tune would wait forever)."""
-    cpus = num_cpus or os.cpu_count() or 1
-    if resources.cpu > cpus:
-        where = "--num-cpus" if num_cpus else "this machine"
-        raise ConfigError("resources.cpu", f"{resources.cpu:g} CPUs per trial, but the local Ray instance has "
-                                           f"{cpus} ({where}); lower it or run on a cluster with --address")
-    if resources.gpu != "auto" and float(resources.gpu) > 0 and float(resources.gpu) > local_gpus():
-        raise ConfigError("resources.gpu", f"{resources.gpu} GPU per trial, but this machine has {local_gpus()} "
-                                           "visible GPU(s); use resources.gpu=auto or 0, or run on a cluster with --address")
-
-
-def check_storage(storage: str) -> None:
-    """ConfigError unless ``--storage`` is (or can become) a writable folder."""
-    if os.path.exists(storage) and not os.path.isdir(storage):
-        raise ConfigError("--storage", f"{storage} is a file, expected a folder")
-    parent = storage
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError("--storage", f"{parent} is a file, expected a folder")
-    try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".gmlp_ablate_probe_")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError("--storage", f"{parent} is not writable ({e.strerror or e})") from None
-
-
-def _check_address(address: Optional[str]) -> None:
-    """Fail fast (ConfigError) on a cluster address nobody answers at."""
-    if not address or address in ("local", "auto"):
-        return
-    if address.startswith("ray://"):
-        raise ConfigError("--address", "Ray Client (ray://) would run Tune away from this driver's MLflow "
-                          "callback: run the driver on a cluster node with --address HOST:PORT or auto "
-                          "(e.g. through `ray job submit`)")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--address", f"expected HOST:PORT of a Ray head node, 'auto' or 'local', got {address!r}")
-    try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            pass
-    except OSError as e:
-        raise ConfigError("--address", f"no Ray cluster answers at {address} ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -291,7 +227,7 @@ def _main(argv: Optional[List[str]]) -> int:
                                  ("--num-cpus", args.num_cpus, 1), ("--pending-timeout", args.pending_timeout, 1)):
             if value is not None and value < low:
                 raise ConfigError(name, f"must be >= {low}, got {value}")
-        _check_address(args.address)
+        check_address(args.address)
         uri = check_uri(args.tracking_uri)
         sweep = load_sweep(args.sweep, args.overrides)  # refuses a name unusable as a path component
         args.storage = os.path.abspath(os.path.expanduser(args.storage or "~/ray_results"))
@@ -352,7 +288,6 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
                experiment_id: str, command: str, stop: StopFlag, ledger: Any) -> int:
     """Start Ray, open the parent run, run the trials, close every run; returns the exit code."""
     from gmlp_ablate import liveness
-    from gmlp_ablate.callbacks import SweepInterrupted
     from gmlp_ablate.claims import Claims
     from gmlp_ablate.tracking import one_line, store_failure
 
@@ -363,6 +298,7 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
     except Exception as e:
         print(f"error: {_ray_error(args.address, e)}", file=sys.stderr)
         return EXIT_FAILED
+    from gmlp_ablate.callbacks import PendingTimeout, SweepInterrupted  # imports Ray: after its set-up
     parent_id = tracker.start_parent(experiment_id, sweep, command, liveness.identity())
     claims = Claims(tracker, experiment_id, parent_id)
     status, driver_ok, searcher = "FAILED", False, None
@@ -419,10 +355,6 @@ def _close_runs(tracker: Any, parent_id: str, ledger: Any, claims: Any, status: 
         why = store_failure(e, tracker.uri) or f"{type(e).__name__}: {one_line(e)}"
         print(f"warning: could not close the MLflow runs ({why}); the next run of this sweep closes them",
               file=sys.stderr)
-
-
-class PendingTimeout(Exception):
-    """No trial could start within ``--pending-timeout`` seconds."""
 
 
 def _start_ray(args: argparse.Namespace) -> Any:
@@ -482,7 +414,7 @@ def _run_on_ray(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], ledge
     import ray
     from ray import tune
 
-    from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, StopOnSignal
+    from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, PendingWatch, StopOnSignal
 
     cluster = ray.cluster_resources()
     gpu = gpu_per_trial(sweep.config.resources, cluster.get("GPU", 0.0))
@@ -511,7 +443,7 @@ def _run_on_ray(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], ledge
     callbacks = [MLflowMirror(tracker, experiment_id, parent_id, sweep, ledger, claims, ckdir),
                  ConsoleProgress(ledger), StopOnSignal(stop)]
     if args.address and args.pending_timeout:
-        callbacks.append(_PendingWatch(ledger, args.pending_timeout, cpu, gpu))
+        callbacks.append(PendingWatch(args.pending_timeout, cpu, gpu))
     if args.address:
         _warn_unmet(cpu, gpu, args.pending_timeout)
     tuner = tune.Tuner(
@@ -542,27 +474,6 @@ def _warn_unmet(cpu: float, gpu: float, timeout: Optional[float]) -> None:
             "waiting until it has (an autoscaler may add nodes; --pending-timeout S to give up)"
         print(f"warning: a trial needs {cpu:g} CPU + {gpu:g} GPU on one node; the cluster's largest node has "
               f"{most[0]:g} CPU + {most[1]:g} GPU now; {wait}", file=sys.stderr, flush=True)
-
-
-def _PendingWatch(ledger: Any, timeout: float, cpu: float, gpu: float) -> Any:
-    """A Tune callback raising :class:`PendingTimeout` when nothing has run for ``timeout`` s
-    while trials wait."""
-    from ray.tune import Callback
-
-    class PendingWatch(Callback):
-        def __init__(self) -> None:
-            self.since = time.monotonic()
-
-        def on_step_end(self, iteration: int, trials: List[Any], **info: Any) -> None:
-            busy = any(t.status == "RUNNING" for t in trials)
-            waiting = any(t.status == "PENDING" for t in trials)
-            if busy or not waiting:
-                self.since = time.monotonic()
-            elif time.monotonic() - self.since > timeout:
-                raise PendingTimeout(f"--pending-timeout: no trial could start in {timeout:g} s: a trial needs "
-                                     f"{cpu:g} CPU + {gpu:g} GPU on one node of the cluster")
-
-    return PendingWatch()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from gmlp_ablate.names import (
     TAG_BASELINE,
     TAG_BASELINES,
     TAG_COMMAND,
+    TAG_COMMIT,
     TAG_ERROR,
     TAG_FACTORS,
     TAG_FAILURE,
@@ -331,8 +332,9 @@ class Tracker:
 
     # ------------------------------------------------------------------- runs
     @_retry_locked
-    def start_parent(self, experiment_id: str, sweep: Any, command: str, tags: Dict[str, str]) -> str:
-        """Create the sweep's parent run for this invocation (with ``tags``); returns its id."""
+    def start_parent(self, experiment_id: str, sweep: Any, command: str, tags: Optional[Dict[str, str]] = None) -> str:
+        """Create the sweep's parent run for this invocation (with extra ``tags``, e.g. the
+        driver's :func:`gmlp_ablate.liveness.identity`); returns its id."""
         c = sweep.config
         all_tags = {
             TAG_ROLE: PARENT,
@@ -343,7 +345,8 @@ class Tracker:
             TAG_METRIC_MODE: c.metric.mode,
             TAG_NOTE: c.description or c.name,
             TAG_COMMAND: command[:5000],
-            **tags,
+            TAG_COMMIT: git_commit(),
+            **(tags or {}),
         }
         run = self.client.create_run(experiment_id, tags=all_tags, run_name=f"{c.name} sweep")
         rid = run.info.run_id

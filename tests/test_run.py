@@ -93,6 +93,19 @@ def test_rerun_launches_nothing(tiny_sweep, capsys):
     assert len(parents) == 1 and len(trials) == 6
 
 
+def test_dry_run_reads_the_store_without_writing_to_it(tiny_sweep, capsys):
+    import hashlib
+
+    db = tiny_sweep["dir"] / "mlflow.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    stamp = db.stat().st_mtime_ns
+    code = run.main([tiny_sweep["path"], "seeds=[0,1,5]", "--dry-run", "--tracking-uri", tiny_sweep["uri"]])
+    out = capsys.readouterr().out
+    assert code == 0 and "9 trials: 3 arms x 3 seeds; 6 already finished, 3 to run" in out
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before and db.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in tiny_sweep["dir"].iterdir() if p.name.startswith("mlflow.db")) == ["mlflow.db"]
+
+
 def test_added_seed_runs_only_new_trials(tiny_sweep, capsys):
     code = run.main([tiny_sweep["path"], "seeds=[0,1,2]", "--tracking-uri", tiny_sweep["uri"],
                      "--storage", str(tiny_sweep["dir"] / "ray"), "--num-cpus", "2"])
@@ -203,4 +216,6 @@ def test_missing_sweep_file_exits_2(tmp_path):
 def test_gpu_per_trial(resources, cluster_gpus, expected):
     from gmlp_ablate.sweep import ResourcesConfig
 
-    assert run.gpu_per_trial(ResourcesConfig(**resources), cluster_gpus) == pytest.approx(expected)
+    from gmlp_ablate.preflight import gpu_per_trial
+
+    assert gpu_per_trial(ResourcesConfig(**resources), cluster_gpus) == pytest.approx(expected)
