@@ -279,7 +279,13 @@ class Tracker:
     def client(self) -> Any:
         """The MlflowClient, made on first use (making one creates a sqlite store's file)."""
         if self._client is None:
+            import logging
+
             from mlflow.tracking import MlflowClient
+
+            # A failing store is reported by the driver in one line; MLflow's own error log of
+            # it is a traceback per failed call.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
             try:
                 with _store_creation_lock(self.uri):

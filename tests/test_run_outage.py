@@ -1,16 +1,18 @@
-"""The tracking server goes away mid-sweep: one line, in seconds once MLflow's own retries
-are spent; the same command against the restarted server finishes the sweep, continuing the
-trial from its checkpoint. A real ``mlflow server`` on 127.0.0.1, a real local Ray."""
+"""The tracking store fails mid-sweep: one line, in seconds once MLflow's own retries are
+spent. A real ``mlflow server`` on 127.0.0.1 that is killed (the same command against the
+restarted server finishes the sweep, continuing the trial from its checkpoint), and a sqlite
+store whose folder becomes read-only; a real local Ray."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import VENV_BIN, Processes, free_port, wait_for, write_yaml
+from conftest import VENV_BIN, Processes, free_port, history_steps, mlflow_runs, wait_for, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +110,48 @@ def _val_logged(url: str) -> bool:
         return False
     return any(_tags(r).get("gmlp_ablate.role") == "trial" and _history(url, r["info"]["run_id"], "val/loss")
                for r in runs)
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True)
+
+
+def test_store_folder_turning_read_only_mid_sweep_is_one_line(tmp_path, procs):
+    """The sqlite store's folder becomes read-only while the sweep runs (a read-only bind
+    mount over it: sqlite can no longer create its journal there): one line naming the file,
+    exit 1, and what was logged before is intact."""
+    store = tmp_path / "store"
+    store.mkdir()
+    db = store / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    path = write_yaml(tmp_path / "s.yaml", {**SWEEP, "name": "readonly"})
+    log = tmp_path / "run.log"
+    p = procs.driver(path, "--tracking-uri", uri, "--storage", str(tmp_path / "results"), "--num-cpus", "1", log=log)
+    wait_for(lambda: ": started" in log.read_text() or p.poll() is not None, 180, "the trial to start")
+
+    def evaluated():
+        got = mlflow_runs(uri, "readonly")
+        return got if got["trials"] and history_steps(got["client"], got["trials"][0].info.run_id, "val/loss") else None
+
+    before = wait_for(evaluated, 180, "an evaluation logged", every=0.5)
+    logged = history_steps(before["client"], before["trials"][0].info.run_id, "val/loss")
+    bound = _mount("--bind", str(store), str(store))
+    if bound.returncode != 0:
+        p.kill()
+        pytest.skip(f"cannot make a read-only mount here: {bound.stderr.strip()}")
+    try:
+        ro = _mount("-o", "remount,ro,bind", str(store))
+        assert ro.returncode == 0, ro.stderr
+        t0 = time.monotonic()
+        code = p.wait(timeout=180)
+        took = time.monotonic() - t0
+    finally:
+        subprocess.run(["umount", str(store)], capture_output=True)
+    out = log.read_text()
+    errors = [ln for ln in out.splitlines() if ln.startswith(("error", "warning", "Traceback"))]
+    assert code == 1, out
+    assert errors == [f"error: the tracking store {db} can no longer be written (unable to open database file); "
+                      "the next run of this sweep closes the runs left open"], out
+    assert "Traceback" not in out and took < 60, (took, out)
+    after = mlflow_runs(uri, "readonly")
+    assert history_steps(after["client"], after["trials"][0].info.run_id, "val/loss")[:len(logged)] == logged
