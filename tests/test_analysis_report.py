@@ -22,10 +22,25 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from gmlp_ablate.config import MetricConfig, ModelConfig, Sweep, SweepConfig, TaskConfig, TrainConfig, Trial, TrialConfig, trial_key
+try:  # the schema split into one module per owner
+    from gmlp_ablate.models.config import ModelConfig
+    from gmlp_ablate.sweep import MetricConfig, Sweep, SweepConfig, Trial
+    from gmlp_ablate.tasks.config import TaskConfig
+    from gmlp_ablate.trial import TrainConfig, TrialConfig, trial_key
+except ImportError:  # the single config module
+    from gmlp_ablate.config import (MetricConfig, ModelConfig, Sweep, SweepConfig, TaskConfig, TrainConfig, Trial,
+                                    TrialConfig, trial_key)
 from gmlp_ablate.tracking import Tracker
 
 pytestmark = pytest.mark.integration
+
+
+def make_sweep(config: SweepConfig, trials: list) -> Sweep:
+    """A sweep of exactly these trials: what the tracker reads of it (its config and trials)."""
+    try:
+        return Sweep(config=config, trials=trials)
+    except TypeError:  # a Sweep that also carries its arms and declared family
+        return Sweep(config=config, trials=trials, arm_configs={}, family=[], reference_arm="")
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sgu_test"
@@ -56,7 +71,7 @@ def _sgu_sweep() -> Sweep:
     cfg = SweepConfig(name=NAME, description="Split vs unsplit SGU (test)", grid={"model.sgu_split": [True, False]},
                       seeds=[0, 1, 2], baselines={"transformer": {"model": {"arch": "transformer", "heads": 4}}},
                       metric=MetricConfig(name="val/loss", mode="min"))
-    return Sweep(config=cfg, trials=trials)
+    return make_sweep(config=cfg, trials=trials)
 
 
 def _log_trial(tr: Tracker, eid: str, pid: str, trial: Trial, final: float, status: str = "FINISHED") -> str:
@@ -101,7 +116,7 @@ def store(tmp_path_factory):
         # grid2: 2 x 2 grid, one seed, no baseline
         g_trials = [_trial(f"sgu_split={'true' if s else 'false'},ff_mult={m}", 0, {"sgu_split": s, "ff_mult": m},
                            {"model.sgu_split": s, "model.ff_mult": m}) for s in (True, False) for m in (2, 4)]
-        g_sweep = Sweep(config=SweepConfig(name="grid2", grid={"model.sgu_split": [True, False], "model.ff_mult": [2, 4]},
+        g_sweep = make_sweep(config=SweepConfig(name="grid2", grid={"model.sgu_split": [True, False], "model.ff_mult": [2, 4]},
                                            seeds=[0], metric=MetricConfig(name="val/bpb", mode="min")), trials=g_trials)
         geid = tr.experiment_id("grid2")
         gpid = tr.start_parent(geid, g_sweep, command="python -m gmlp_ablate.run sweeps/grid2.yaml")
@@ -109,7 +124,7 @@ def store(tmp_path_factory):
             _log_trial(tr, geid, gpid, t, 1.0 + 0.1 * i)
         tr.end_run(gpid)
         empty = tr.experiment_id("empty_sweep")
-        tr.end_run(tr.start_parent(empty, Sweep(config=SweepConfig(name="empty_sweep", grid={"model.dim": [8]}),
+        tr.end_run(tr.start_parent(empty, make_sweep(config=SweepConfig(name="empty_sweep", grid={"model.dim": [8]}),
                                                 trials=[]), command="x"))
     finally:
         os.chdir(cwd)
@@ -438,7 +453,7 @@ def test_an_arm_rerun_with_another_config_replaces_the_old_runs(tmp_path):
             cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=32, depth=2),
                               train=TrainConfig(steps=steps, eval_every=1), seed=seed)
             trials.append(Trial(arm="dim=32", seed=seed, config=cfg, key=trial_key(cfg), factors={"model.dim": 32}))
-        sweep = Sweep(config=SweepConfig(name="changed", grid={"model.dim": [32]}, seeds=[t.seed for t in trials]),
+        sweep = make_sweep(config=SweepConfig(name="changed", grid={"model.dim": [32]}, seeds=[t.seed for t in trials]),
                       trials=trials)
         pid = tr.start_parent(eid, sweep, command="x")
         for t in trials:
@@ -479,7 +494,7 @@ def test_an_arm_whose_new_config_failed_in_every_seed_shows_no_old_results_as_cu
                 cfg = TrialConfig(task=TaskConfig(name="charlm", seq_len=64), model=ModelConfig(dim=dim, depth=2),
                                   train=TrainConfig(steps=steps if arm == "dim=48" else 3, eval_every=1), seed=seed)
                 trials.append(Trial(arm=arm, seed=seed, config=cfg, key=trial_key(cfg), factors={"model.dim": dim}))
-        sweep = Sweep(config=SweepConfig(name="newfail", grid={"model.dim": [32, 48]}, seeds=[0, 1, 2]), trials=trials)
+        sweep = make_sweep(config=SweepConfig(name="newfail", grid={"model.dim": [32, 48]}, seeds=[0, 1, 2]), trials=trials)
         pid = tr.start_parent(eid, sweep, command="x")
         for t in trials:
             if status == "FAILED" and t.arm == "dim=32":
@@ -538,7 +553,7 @@ def _declared_store(root: Path, extra: dict = None) -> str:
             cfg = TrialConfig(task=TaskConfig(name="mqar", seq_len=64), model=ModelConfig(dim=32, depth=2, **model),
                               train=TrainConfig(steps=6 if base else 3, eval_every=1), seed=seed)
             trials.append(Trial(arm=arm, seed=seed, config=cfg, key=trial_key(cfg), factors=factors, baseline=base))
-    sweep = Sweep(config=SweepConfig(name="declared", grid={"model.attn_dim": [None, 16]}, seeds=[0, 1, 2, 3],
+    sweep = make_sweep(config=SweepConfig(name="declared", grid={"model.attn_dim": [None, 16]}, seeds=[0, 1, 2, 3],
                                      baselines={"transformer": {"model": {"arch": "transformer", "heads": 4}}},
                                      metric=MetricConfig(name="test/acc", mode="max")), trials=trials)
     pid = tr.start_parent(eid, sweep, command="python -m gmlp_ablate.run sweeps/mqar_recall.yaml")
@@ -669,7 +684,7 @@ def test_a_sweep_name_with_separators_stays_inside_reports(tmp_path, monkeypatch
     eid = tr.experiment_id("../escape")
     trials = [_trial(f"sgu_split={'true' if s else 'false'}", seed, {"sgu_split": s}, {"model.sgu_split": s})
               for s in (True, False) for seed in (0, 1)]
-    sweep = Sweep(config=SweepConfig(name="../escape", grid={"model.sgu_split": [True, False]}, seeds=[0, 1]),
+    sweep = make_sweep(config=SweepConfig(name="../escape", grid={"model.sgu_split": [True, False]}, seeds=[0, 1]),
                   trials=trials)
     pid = tr.start_parent(eid, sweep, command="x")
     for t in trials:
