@@ -102,12 +102,12 @@ def analyse(data: SweepData, metric: str, baseline: Optional[str] = None) -> Ana
     if design.sequential is not None and design.family:
         s = design.sequential
         plan = sequential.plan(s.initial, s.maximum, design.alpha, s.boundary, family_size=len(design.family), step=s.step)
-    family = compare.family_table(values, design.family, design.alpha, bounds, plan=plan)
+    family = compare.family_table(values, design.family, design.alpha, bounds, plan=plan, solved=solved, mode=mode)
     _, best_note = compare.mark_best(summary, values, mode, design.alpha, bounds)
     exploratory = None
     if baseline is not None:
         pairs = [(a, baseline) for a in order if a != baseline]
-        exploratory = compare.family_table(values, pairs, design.alpha, bounds)
+        exploratory = compare.family_table(values, pairs, design.alpha, bounds, solved=solved, mode=mode)
     task = ", ".join(sorted({str(t) for t in runs.get("task.name", pd.Series(dtype=object)).dropna()})) or "?"
     ref = paper_mod.load_reference()
     rows = paper_mod.arm_rows(runs, order, factors, task)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.stats import LEVEL, better, bootstrap_interval, holm, welch
+from analysis.stats import LEVEL, better, bootstrap_interval, holm, is_solved, welch
 from gmlp_ablate import sequential
 
 Bounds = Tuple[Optional[float], Optional[float]]
@@ -113,21 +113,50 @@ def seeds_for_power(row: Dict[str, Any], alpha: float, power: float = POWER) -> 
     return sequential.seeds_needed(row["effect"], alpha, power, paired=row["test"] == "paired t")
 
 
+def compare_solved(values: pd.DataFrame, a: str, b: str, threshold: float, mode: str) -> Dict[str, Any]:
+    """Solved counts of two arms (a seed solves when its value reaches ``threshold``: >= for
+    ``max``, <= for ``min``) and an exact test of their difference: on the same seeds the
+    exact McNemar test (``binomtest`` on the discordant seeds), else Fisher's exact test.
+    Keys: solved_a, solved_b (``k/n``), solved_test, p_solved."""
+    x, y = _series(values, a), _series(values, b)
+    sa, sb = is_solved(x.to_numpy(), threshold, mode), is_solved(y.to_numpy(), threshold, mode)
+    out: Dict[str, Any] = {"solved_a": f"{int(sa.sum())}/{len(sa)}", "solved_b": f"{int(sb.sum())}/{len(sb)}",
+                           "solved_test": "", "p_solved": float("nan")}
+    if len(x) == 0 or len(y) == 0:
+        return out
+    if set(x.index) == set(y.index):
+        sb = is_solved(y.reindex(x.index).to_numpy(), threshold, mode)
+        only_a, only_b = int((sa & ~sb).sum()), int((~sa & sb).sum())
+        p = 1.0 if only_a + only_b == 0 else sps.binomtest(only_a, only_a + only_b, 0.5).pvalue
+        out.update(solved_test="exact McNemar", p_solved=float(p))
+    else:
+        table = [[int(sa.sum()), int((~sa).sum())], [int(sb.sum()), int((~sb).sum())]]
+        out.update(solved_test="Fisher exact", p_solved=float(sps.fisher_exact(table).pvalue))
+    return out
+
+
 def family_table(values: pd.DataFrame, pairs: Sequence[Tuple[str, str]], alpha: float, bounds: Bounds = (None, None),
-                 level: float = LEVEL, plan: Optional[sequential.Plan] = None) -> pd.DataFrame:
+                 level: float = LEVEL, plan: Optional[sequential.Plan] = None, solved: Optional[Any] = None,
+                 mode: str = "max") -> pd.DataFrame:
     """One row per pair of the family, in the given order: :func:`compare`'s keys plus p_holm
     (Holm over exactly these pairs), resolved, decision (how it was resolved) and
     seeds_needed (unresolved ones: seeds per arm for 80% power at alpha / m, the Bonferroni
     level, which is conservative for Holm).
 
     With a sequential ``plan`` the decision is :func:`gmlp_ablate.sequential.decide` at the
-    last look the paired seeds reach; unpaired comparisons cannot be decided sequentially
-    and are left unresolved (noted)."""
+    last look reached by the seeds every comparison's two arms share (their paired
+    differences). With a declared ``solved`` outcome (an object with ``threshold``) each row
+    also compares the solved counts (:func:`compare_solved`; a secondary, unadjusted test)."""
     cols = ["a", "b", "test", "n_a", "n_b", "delta", "delta_lo", "delta_hi", "interval", "df", "t", "p", "effect",
             "note", "p_holm", "resolved", "decision", "seeds_needed"]
+    solved_cols = ["solved_a", "solved_b", "solved_test", "p_solved"]
     if not pairs:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=cols + (solved_cols if solved is not None else []))
     rows = [compare(values, a, b, bounds, level) for a, b in pairs]
+    if solved is not None:
+        for row, (a, b) in zip(rows, pairs):
+            row.update(compare_solved(values, a, b, solved.threshold, mode))
+        cols = cols + solved_cols
     df = pd.DataFrame(rows)
     df["p_holm"] = holm(df["p"].to_numpy(dtype=float))
     m = len(df)

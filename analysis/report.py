@@ -151,9 +151,11 @@ def _family_caption(an: Analysis) -> str:
     pairs = "; ".join(f"{a} vs {b}" for a, b in d.family) or "none"
     how = (f"group-sequential ({an.plan.boundary} spending, looks at {', '.join(map(str, an.plan.looks))} seeds)"
            if an.plan is not None else f"Holm-adjusted p < {d.alpha:g}")
+    solved = (f" Solved seeds ({d.solved.metric} past {d.solved.threshold:g}) are compared by an exact test (McNemar "
+              "on the same seeds, else Fisher), unadjusted and secondary." if d.solved and d.solved.metric == an.metric else "")
     return (f"The family of comparisons, {d.label}: {pairs}. Holm's correction over exactly these "
-            f"{len(d.family)}; resolved = {how}. Test: paired t-test on the per-seed differences where both arms "
-            "have the same seeds, Welch's t-test where they do not.")
+            f"{len(d.family)} comparison(s); resolved = {how}. Test: paired t-test on the per-seed differences where "
+            f"both arms have the same seeds, Welch's t-test where they do not.{solved}")
 
 
 def write_documents(data: SweepData, an: Analysis, out: Path, figures: Dict[str, Path], command: str) -> Dict[str, Path]:

@@ -187,19 +187,28 @@ def family_comparison_table(fam: pd.DataFrame, metric: str, alpha: float, captio
     fin = fam["delta_hi"].replace([np.inf, -np.inf], np.nan) - fam["delta"]
     d = decimals_for(float(np.nanmedian(np.abs(fin))) if fin.notna().any() else None,
                      float(np.nanmedian(np.abs(fam["delta"]))) if fam["delta"].notna().any() else None)
+    solved = "p_solved" in fam.columns
     header = ["comparison (a − b)", f"Δ {metric} [95% CI]", "test (seeds)", "p", "p (Holm)", "resolved?",
-              "seeds for 80% power", "note"]
+              "seeds for 80% power"] + (["solved a vs b (exact p)"] if solved else []) + ["note"]
     rows = []
     for _, r in fam.iterrows():
         ci = delta_ci(r["delta"], r["delta_lo"], r["delta_hi"], d)
         if r["interval"] not in ("t", "none", "exact") and math.isfinite(r["delta"]):
             ci += f" {r['interval']}"
         seeds = f"{r['n_a']} vs {r['n_b']}" if r["test"] != "paired t" else f"{r['n_a']} pairs"
-        need = "—" if r["resolved"] else (f"{int(r['seeds_needed'])}" if pd.notna(r["seeds_needed"]) else "> 1000 or n/a")
+        if r["resolved"]:
+            need = "—"
+        elif pd.notna(r["seeds_needed"]):
+            need = f"{int(r['seeds_needed'])}"
+        else:
+            need = "> 1000" if pd.notna(r["effect"]) and r["effect"] != 0 else "n/a"
+        extra = []
+        if solved:
+            extra = [f"{r['solved_a']} vs {r['solved_b']} ({pvalue(r['p_solved'])}, {r['solved_test'] or '—'})"]
         rows.append([f"{r['a']} − {r['b']}", ci, f"{r['test'] or '—'} ({seeds})", pvalue(r["p"]), pvalue(r["p_holm"]),
                      ("yes" if r["resolved"] else "no") + ("" if r["decision"].startswith("Holm") else f" ({r['decision']})"),
-                     need, r["note"] or ""])
-    return Table(header=header, rows=rows, align="lrlrrlrl", caption=caption)
+                     need, *extra, r["note"] or ""])
+    return Table(header=header, rows=rows, align="lrlrrlr" + ("l" if solved else "") + "l", caption=caption)
 
 
 def paper_table(summary: pd.DataFrame, paper: pd.DataFrame, metric: str, mode: str, task: str) -> Optional[Table]:

@@ -244,3 +244,16 @@ def test_metric_directions_and_units():
     assert mode_for("val/acc", "val/acc", "min") == "min"  # the sweep's own declared mode wins
     assert metric_label("test/bpb") == "test/bpb (bits per byte)" and metric_label("test/loss").endswith("nats)")
     assert metric_range("test/acc") == (0.0, 1.0)
+
+
+def test_solved_counts_are_compared_by_exact_tests():
+    th = design.Solved("test/acc", 0.9)
+    paired = _values({"a": [1.0, 0.95, 0.5, 0.99, 0.97, 0.93], "b": [0.5, 0.4, 0.5, 0.92, 0.3, 0.2]})
+    row = compare.family_table(paired, [("a", "b")], 0.05, (0.0, 1.0), solved=th, mode="max").iloc[0]
+    # discordant seeds: a solved and b not at 0, 1, 4, 5; b solved and a not: none
+    assert row["solved_a"] == "5/6" and row["solved_b"] == "1/6" and row["solved_test"] == "exact McNemar"
+    assert row["p_solved"] == pytest.approx(sps.binomtest(4, 4, 0.5).pvalue)
+    unpaired = _values({"a": [1.0, 0.95, 0.5], "b": [0.5, 0.4, 0.5, 0.3]}, {"b": [3, 4, 5, 6]})
+    row = compare.family_table(unpaired, [("a", "b")], 0.05, (0.0, 1.0), solved=th, mode="max").iloc[0]
+    assert row["solved_test"] == "Fisher exact"
+    assert row["p_solved"] == pytest.approx(sps.fisher_exact([[2, 1], [0, 4]]).pvalue)

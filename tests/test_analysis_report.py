@@ -606,6 +606,8 @@ def test_declared_family_bounded_metric_solved_and_worst_in_the_report(tmp_path)
     ci = sps.binomtest(1, 4).proportion_ci(method="exact")
     assert s.loc["attn_dim=16", "solved_k"] == 1 and s.loc["attn_dim=16", "solved_hi"] == pytest.approx(ci.high)
     assert "solved [95% exact CI]" in md and "1/4 [" in md
+    assert "solved a vs b (exact p)" in md and fam["solved_test"].tolist() == ["exact McNemar"] * 2
+    assert fam["solved_a"].tolist() == ["1/4", "4/4"] and fam["solved_b"].tolist() == ["0/4", "0/4"]
     assert "family: 2 comparison(s), declared before the sweep ran" in md
     # the baseline trained twice as long: flagged; the tune run is in the protocol, not in the comparisons
     assert "`train.steps` (6 vs 3)" in md
