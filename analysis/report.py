@@ -223,7 +223,8 @@ def _design_lines(an: Analysis) -> List[str]:
               if d.solved else "none declared")
     return [
         f"family: {len(d.family)} comparison(s), {d.label}; family-wise alpha {d.alpha:g} (Holm)",
-        f"reference arm: `{d.reference_arm}`" if d.reference_arm else "reference arm: none",
+        (f"reference arm: `{d.reference_arm}`" + (f" ({', '.join(f'`{k}` = {tables.fmt_value(v)}' for k, v in d.reference.items())})"
+                                                   if d.reference else "")) if d.reference_arm else "reference arm: none",
         f"seeds: {seeds}",
         f"solved outcome: {solved}",
         f"diverged seeds: {'counted as the worst value' if d.diverged == 'worst' else 'left out of the mean, counted'}",
