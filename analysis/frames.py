@@ -66,6 +66,9 @@ class SweepMeta:
     """Baseline arm -> its (nested) config override, as in the sweep file."""
     grid: Dict[str, List[Any]] = field(default_factory=dict)
     """The grid's values per key (value order of the sweep file)."""
+    matches: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Baseline arm -> how it was sized to another arm (``to``, ``by``, ``vary``, ``target``,
+    ``achieved``, ``value``), from the ``sweep.matches`` param."""
     metric: str = "val/loss"
     metric_mode: str = "min"
     description: str = ""
@@ -162,6 +165,8 @@ def parse_meta(name: str, experiment_id: str, uri: str, parents: Sequence[Any]) 
     overrides = parse_json(params.get("sweep.baselines"), {})
     meta.baseline_overrides = overrides if isinstance(overrides, dict) else {}
     meta.grid = dict(parse_json(params.get("sweep.grid"), {}))
+    matches = parse_json(params.get("sweep.matches"), {})
+    meta.matches = {a: m for a, m in matches.items() if isinstance(m, dict)} if isinstance(matches, dict) else {}
     meta.metric = tags.get(TAG_METRIC) or params.get("sweep.metric") or meta.metric
     meta.metric_mode = tags.get(TAG_METRIC_MODE) or params.get("sweep.metric_mode") or meta.metric_mode
     note = tags.get(TAG_NOTE, "")

@@ -209,6 +209,18 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "sweep"
 
 
+def _match_lines(matches: Dict[str, Dict[str, object]]) -> List[str]:
+    out = []
+    for arm, m in matches.items():
+        try:
+            rel = f"{float(m['achieved']) / float(m['target']) - 1:+.1%}"
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            rel = "?"
+        out.append(f"`{arm}` sized to `{m.get('to', '?')}` by {m.get('by', '?')}: `{m.get('vary', '?')}` = "
+                   f"{m.get('value', '?')} ({rel} from the target)")
+    return out
+
+
 def _design_lines(an: Analysis) -> List[str]:
     d = an.design
     if d.sequential is not None:
@@ -266,7 +278,7 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
         doc.add("code", "\n".join(commands))
 
     doc.add("h2", "Protocol")
-    doc.add("ul", _design_lines(an))
+    doc.add("ul", _design_lines(an) + _match_lines(meta.matches))
     setup = _setup_lines(runs)
     if setup:
         doc.add("p", "Setup (values over all runs):")

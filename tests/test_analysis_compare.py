@@ -224,6 +224,10 @@ def test_comparability_warnings_for_settings_data_and_code():
     assert any("task's data differs" in x and "seed(s) 1" in x for x in w)
     assert any("code versions differ" in x and "c1, c2 vs c1" in x for x in w)
     assert not any("model.arch" in x for x in w)  # the baseline's declared override is the comparison
+    runs_matched = runs.assign(**{"model.depth": [2, 2, 2, 2, 3, 3]})
+    assert any("model.depth" in x for x in fairness.pair_warnings(runs_matched, "tf", "a", ["model.sgu_split"], {}))
+    assert not any("model.depth" in x for x in fairness.pair_warnings(  # the size knob a matched baseline varied
+        runs_matched, "tf", "a", ["model.sgu_split"], {}, {"tf": {"to": "a", "by": "params", "vary": "model.depth"}}))
     everything = fairness.family_warnings(runs, [("b", "a"), ("a", "b"), ("tf", "a")], ["model.sgu_split"],
                                           {"tf": {"model": {"arch": "transformer"}}})
     assert everything[0] == "tf: its seeds pool runs of 2 code versions (git_commit c1, c2)"

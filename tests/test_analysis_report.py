@@ -561,7 +561,9 @@ def _declared_store(root: Path, extra: dict = None) -> str:
         "sweep.family": json.dumps([["attn_dim=16", "attn_dim=null"], ["transformer", "attn_dim=null"]]),
         "sweep.alpha": "0.05", "sweep.reference": json.dumps({"model.attn_dim": None}),
         "sweep.reference_arm": "attn_dim=null", "sweep.solved": json.dumps({"metric": "test/acc", "threshold": 0.9}),
-        "sweep.diverged": "worst"}.items()])
+        "sweep.diverged": "worst", "sweep.matches": json.dumps({"transformer": {
+            "to": "attn_dim=null", "by": "params", "vary": "model.depth", "tolerance": 0.05, "target": 1000,
+            "achieved": 1010, "value": 2}})}.items()])
     for t in trials:
         rid = tr.start_trial(eid, pid, t, "declared", extra_tags={"git_commit": "abc123", "stage": "final"})
         if t.seed == 3 and t.arm == "attn_dim=16":
@@ -611,6 +613,7 @@ def test_declared_family_bounded_metric_solved_and_worst_in_the_report(tmp_path)
     assert "family: 2 comparison(s), declared before the sweep ran" in md
     # the baseline trained twice as long: flagged; the tune run is in the protocol, not in the comparisons
     assert "`train.steps` (6 vs 3)" in md
+    assert "`transformer` sized to `attn_dim=null` by params: `model.depth` = 2 (+1.0% from the target)" in md
     assert "Tuning runs (stage tune)" in md and "| attn_dim=null | 1 | 0.003 → 0.001 |" in md
     assert s.loc["attn_dim=null", "n"] == 4
     # MQAR has no paper row: no agreement claimed
