@@ -5,6 +5,10 @@ tokens. Both models get the same configuration and the same batches; measurement
 two alternate (ours, reference, ours, ...) and the median of the repeats is reported.
 
     .venv/bin/python benchmarks/model_speed.py [--compile] [--dim 128 --depth 4 ...]
+
+On a shared machine, ``--threads 1 --clock cpu`` times the process's CPU time instead of the
+wall clock: other processes' load then barely moves the figures (with more threads, idle
+worker threads spinning would count too).
 """
 
 from __future__ import annotations
@@ -36,15 +40,19 @@ def make_step(model: nn.Module, vocab: int, lr: float = 1e-3) -> Callable[[torch
     return step
 
 
-def time_steps(step, batches, n: int, device: torch.device) -> float:
-    """Seconds for ``n`` steps."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(step, batches, n: int, device: torch.device, clock: str = "wall") -> float:
+    """Seconds (of ``CLOCKS[clock]``) for ``n`` steps."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    now = CLOCKS[clock]
     sync()
-    t0 = time.perf_counter()
+    t0 = now()
     for i in range(n):
         step(*batches[i % len(batches)])
     sync()
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def build_pair(args, causal: bool, attn_dim: Optional[int]) -> tuple:
@@ -80,7 +88,7 @@ def paired(args, steps: dict) -> tuple:
     times = {a: [], b: []}
     for r in range(args.repeats):
         for name in ((a, b) if r % 2 == 0 else (b, a)):
-            times[name].append(time_steps(steps[name], batches, args.steps, device))
+            times[name].append(time_steps(steps[name], batches, args.steps, device, args.clock))
     tokens = args.batch * args.seq * args.steps
     # paired: each measurement of a against the adjacent one of b
     ratio = statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
@@ -119,11 +127,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--repeats", type=int, default=21, help="alternating measurements per model")
     p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     print(
-        f"torch {torch.__version__}, {args.device}, {args.threads} threads; vocab {args.vocab}, dim {args.dim}, "
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads, {args.clock} clock; vocab {args.vocab}, dim {args.dim}, "
         f"depth {args.depth}, seq {args.seq}, batch {args.batch}, ff_mult {args.ff_mult}\n"
         f"tok/s: median of {args.repeats} alternating measurements of {args.steps} train steps "
         f"(fwd + bwd + AdamW) after {args.warmup} warm-up steps; ours/ref: median of the "
