@@ -69,13 +69,11 @@ def load_sweep(experiment: str, tracking_uri: Optional[str] = None,
     current = frames.current_signatures(pooled, failed)
     runs, superseded = frames.split_by_config(pooled, current)
     failures, older_failures = frames.split_by_config(failed, current)
-    if runs.empty and failures.empty:
+    if runs.empty:
         n_failed = sum(r.info.status == "FAILED" for r in final)
         extra = f" ({len(final)} trial runs, {n_failed} FAILED)" if final else " (no trial runs)"
-        raise AnalysisError(f"experiment '{experiment}' has no FINISHED trial runs in {uri}{extra}")
-    if runs.empty:  # every arm's current config failed: keep the columns the analysis needs
-        runs = pd.DataFrame(columns=["run_id", "parent_run_id", "trial_key", "arm", "seed", "baseline", "factors",
-                                     "git_commit", "data", meta.metric])
+        which = " of its arms' current configs" if len(superseded) else ""
+        raise AnalysisError(f"experiment '{experiment}' has no FINISHED trial runs{which} in {uri}{extra}")
     parent_commit = {p["run_id"]: p["git_commit"] or None for p in meta.parents}
     runs["git_commit"] = runs["git_commit"].fillna(runs["parent_run_id"].map(parent_commit))  # older trial runs
     runs = runs.drop(columns=["signature", "start_ms"], errors="ignore")
