@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from gmlp_ablate.config import ResourcesConfig, load_trial
+from gmlp_ablate.sweep import ResourcesConfig
+from gmlp_ablate.trial import load_trial
 from gmlp_ablate.run import gpu_per_trial
 from gmlp_ablate.train import train
 

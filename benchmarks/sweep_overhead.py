@@ -75,7 +75,7 @@ sys.exit(code)
 PLAIN = r"""
 import json, sys, time
 t0 = time.monotonic()
-from gmlp_ablate.config import load_sweep
+from gmlp_ablate.sweep import load_sweep
 from gmlp_ablate.train import train
 sweep = load_sweep(sys.argv[1])
 rows = []
@@ -133,7 +133,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="so", dir="/tmp")
     # Build the corpus cache once, so no variant pays for tokenising it.
-    subprocess.run([sys.executable, "-c", "import sys; from gmlp_ablate.config import load_sweep; "
+    subprocess.run([sys.executable, "-c", "import sys; from gmlp_ablate.sweep import load_sweep; "
                     "from gmlp_ablate.tasks import build_task; t = load_sweep(sys.argv[1]).trials[0]; "
                     "build_task(t.config.task, 0)", str(sweep_path)], check=True, env=env, cwd=work)
 

@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gmlp_ablate.config import ModelConfig, TaskConfig
+from gmlp_ablate.models.config import ModelConfig
+from gmlp_ablate.tasks.config import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = [
