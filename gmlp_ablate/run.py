@@ -151,7 +151,11 @@ def print_trial_table(sweep: Sweep, done: Optional[Dict[str, str]], out: Any = N
     n_done = sum(1 for t in sweep.trials if t.key in done)
     state = (f"{n_done} already finished, {len(sweep.trials) - n_done} to run" if known
              else "which are finished cannot be read without writing to this store")
-    print(f"\n{len(sweep.trials)} trials: {len(sweep.arms)} arms x {len(sweep.config.seeds)} seeds; {state}", file=out)
+    print(f"\n{len(sweep.trials)} trials: {len(sweep.arms)} arms x {_n_seeds(sweep)} seeds; {state}", file=out)
+
+
+def _n_seeds(sweep: Sweep) -> int:
+    return len({t.seed for t in sweep.trials})
 
 
 def print_summary(tracker: Any, experiment_id: str, sweep: Sweep, out: Any = None) -> None:
@@ -255,13 +259,18 @@ def _main(argv: Optional[List[str]]) -> int:
         return EXIT_BAD_INPUT
 
     from gmlp_ablate.claims import close_stale
+    from gmlp_ablate.tracking import one_line, store_failure
 
-    closed = close_stale(tracker, experiment_id)
+    try:
+        closed = close_stale(tracker, experiment_id)
+        done = {} if args.rerun else tracker.finished_keys(experiment_id)
+    except Exception as e:
+        print(f"error: {store_failure(e, uri) or f'{type(e).__name__}: {one_line(e)}'}", file=sys.stderr)
+        return EXIT_FAILED
     if closed:
         print(f"closed {len(closed)} run(s) left RUNNING by a sweep driver that stopped (failure=driver_lost)")
-    done = {} if args.rerun else tracker.finished_keys(experiment_id)
     todo = [t for t in sweep.trials if t.key not in done]
-    print(f"sweep '{sweep.name}': {len(sweep.trials)} trials ({len(sweep.arms)} arms x {len(sweep.config.seeds)} seeds)")
+    print(f"sweep '{sweep.name}': {len(sweep.trials)} trials ({len(sweep.arms)} arms x {_n_seeds(sweep)} seeds)")
     if done:
         print(f"skipping {len(sweep.trials) - len(todo)} trial(s) already FINISHED in {tracker.uri}")
     if not todo:
@@ -299,10 +308,10 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
         print(f"error: {_ray_error(args.address, e)}", file=sys.stderr)
         return EXIT_FAILED
     from gmlp_ablate.callbacks import PendingTimeout, SweepInterrupted  # imports Ray: after its set-up
-    parent_id = tracker.start_parent(experiment_id, sweep, command, liveness.identity())
-    claims = Claims(tracker, experiment_id, parent_id)
-    status, driver_ok, searcher = "FAILED", False, None
+    status, driver_ok, searcher, parent_id = "FAILED", False, None, None
     try:
+        parent_id = tracker.start_parent(experiment_id, sweep, command, liveness.identity())
+        claims = Claims(tracker, experiment_id, parent_id)
         searcher = _run_on_ray(args, sweep, todo, ledger, tracker, experiment_id, parent_id, claims, stop)
         status = "FINISHED" if not ledger.failed() else "FAILED"
         driver_ok = True
@@ -318,7 +327,7 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
               f"error: the sweep driver failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
     finally:
         _shutdown_ray(reaper)
-        if not store_down:  # a store known to be gone is not waited on for minutes
+        if parent_id is not None and not store_down:  # a store known to be gone is not waited on
             _close_runs(tracker, parent_id, ledger, claims, status, n_skip)
     if not driver_ok:
         return EXIT_INTERRUPTED if status == "KILLED" else EXIT_FAILED

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from gmlp_ablate.names import (
     PARENT,
+    STAGE_FINAL,
     TAG_ARM,
     TAG_BASELINE,
     TAG_BASELINES,
@@ -49,6 +50,7 @@ from gmlp_ablate.names import (
     TAG_PARENT_RUN,
     TAG_ROLE,
     TAG_SEED,
+    TAG_STAGE,
     TAG_SWEEP,
     TRIAL,
 )
@@ -382,6 +384,7 @@ class Tracker:
             TAG_SEED: str(trial.seed),
             TAG_BASELINE: "true" if trial.baseline else "false",
             TAG_FACTORS: json.dumps(trial.factors),
+            TAG_STAGE: getattr(trial, "stage", STAGE_FINAL),
             **(extra_tags or {}),
         }
         run = self.client.create_run(experiment_id, tags=tags, run_name=f"{trial.arm} seed={trial.seed}")

@@ -237,13 +237,13 @@ def _kill_workers(uri: str, name: str, plan: Dict[str, int], stop: threading.Eve
 
 def test_trial_faults_are_recorded_and_a_killed_worker_resumes_from_its_checkpoint(tmp_path, procs):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("some text to learn from. " * 200)  # 5,000 bytes: too short for 1024-byte windows
+    corpus.write_text("some text to learn from. " * 200)
     data = _sweep("faults", 2000, grid={"train.lr": [1e-3, 2e-3]})
     data["baselines"] = {
         "plain": {"train": {"steps": 300}},
         "diverges": {"train": {"lr": 1.0e30, "warmup_steps": 0, "steps": 300}},
-        "raises": {"task": {"name": "charlm", "corpus": str(corpus), "val_tokens": 4096, "seq_len": 1024,
-                            "cache_dir": str(tmp_path / "cache")}, "train": {"steps": 300}},
+        "raises": {"task": {"name": "charlm", "corpus": str(corpus), "val_tokens": 256, "seq_len": 16,
+                            "cache_dir": str(corpus / "cache")}, "train": {"steps": 300}},  # under a file
     }
     path = write_yaml(tmp_path / "faults.yaml", data)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -289,7 +289,7 @@ def test_trial_faults_are_recorded_and_a_killed_worker_resumes_from_its_checkpoi
 
     raised = run["raises"]  # retried once, then recorded with its error
     assert raised.info.status == "FAILED" and raised.data.tags["failure"] == "exception"
-    assert "task.seq_len" in raised.data.tags["error"] and raised.data.tags["restarts"] == "1"
+    assert "NotADirectoryError" in raised.data.tags["error"] and raised.data.tags["restarts"] == "1"
 
     assert run["plain"].info.status == "FINISHED"
     assert [r.info.status for r in got["parents"]] == ["FAILED"]
@@ -349,7 +349,7 @@ def _bad_cases() -> Dict[str, Dict[str, Any]]:
     add("unknown-top-key", "nmae: unknown key (did you mean 'name'?)", sweep={**TINY, "nmae": "x"})
     add("unknown-base-key", "base.model.dimm: unknown key (did you mean 'base.model.dim'?)",
         sweep={**TINY, "base": {**TINY["base"], "model": {"dimm": 8}}})
-    add("unknown-override", "model.dimm: unknown key (did you mean 'model.dim'?)", ["model.dimm=8"])
+    add("unknown-override", "base.model.dimm: unknown key (did you mean 'base.model.dim'?)", ["model.dimm=8"])
     add("unknown-grid-key", "unknown key (did you mean 'model.depth'?)", ["grid.model.detph=[1,2]"])
     add("wrong-type-override", "model.dim: wrong type", ["model.dim=wide"])
     add("wrong-type-yaml", "model.sgu_split", sweep={**TINY, "base": {**TINY["base"], "model": {"sgu_split": "maybe"}}})
@@ -359,8 +359,8 @@ def _bad_cases() -> Dict[str, Dict[str, Any]]:
         sweep={**TINY, "baselines": {"sgu_split=true": {"model": {"dim": 8}}}})
     add("duplicate-values", "grid.model.drop_mode: duplicate values", ["grid.model.drop_mode=[sample, sample]"])
     add("same-config-twice", "resolve to the same trial config", ["grid.train.device=[cpu, auto]"])
-    add("unknown-task", "task.name: 'imagenet' is not one of", ["task.name=imagenet"])
-    add("unknown-arch", "did you mean 'gmlp'", ["model.arch=gmpl"])
+    add("unknown-task", "task.name: Invalid value 'imagenet', expected one of ['charlm'", ["task.name=imagenet"])
+    add("unknown-arch", "model.arch: Invalid value 'gmpl', expected one of ['gmlp'", ["model.arch=gmpl"])
     add("missing-corpus", "/no/such/corpus", ["task.name=charlm", "task.corpus=/no/such/corpus"])
     add("missing-sweep-file", "nope.yaml: no such file", sweep="missing")
     add("bad-flag-value", "--retries", ["--retries", "many"])

@@ -140,26 +140,26 @@ def test_nonfinite_trial_fails_with_reason_and_others_finish(tmp_path, capsys):
 
 
 def test_trial_that_raises_is_failed_with_its_error(tmp_path, capsys):
-    """A window longer than the corpus's held-out part passes validation (no data is read
-    before launch) and raises when the trial builds its task; the other trial finishes."""
+    """A cache folder under a regular file passes validation (the cache is not touched before
+    launch) and raises when the trial builds its task; the other trial finishes."""
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("some text to learn from. " * 200)  # 5,000 bytes: 500 held out
+    corpus.write_text("some text to learn from. " * 200)
     data = json.loads(json.dumps(TINY))
-    data.update(name="raises", seeds=[0], baselines={})
-    data["base"]["task"] = {"name": "charlm", "corpus": str(corpus), "val_tokens": 4096,
+    data.update(name="raises", seeds=[0], grid={"model.sgu_split": [True]})
+    data["base"]["task"] = {"name": "charlm", "corpus": str(corpus), "val_tokens": 256, "seq_len": 16,
                             "cache_dir": str(tmp_path / "cache")}
-    data["grid"] = {"task.seq_len": [16, 1024]}
+    data["baselines"] = {"badcache": {"task": {"cache_dir": str(corpus / "cache")}, "model": {"dim": 8}}}
     path = _write(tmp_path / "raises.yaml", data)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = run.main([path, "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--num-cpus", "2", "--retries", "0"])
     out = capsys.readouterr().out
-    assert code == 1 and "seq_len=1024" in out
+    assert code == 1 and "badcache seed=0" in out
     _, _, trials = _runs(uri, "raises")
     by_arm = {r.data.tags["arm"]: r for r in trials}
-    bad = by_arm["seq_len=1024"]
+    bad = by_arm["badcache"]
     assert bad.info.status == "FAILED" and bad.data.tags["failure"] == "exception"
-    assert "task.seq_len" in bad.data.tags["error"]
-    assert by_arm["seq_len=16"].info.status == "FINISHED"
+    assert "NotADirectoryError" in bad.data.tags["error"] and "corpus.txt/cache" in bad.data.tags["error"]
+    assert by_arm["sgu_split=true"].info.status == "FINISHED"
 
 
 def test_dry_run_prints_the_trial_table(tmp_path, capsys, monkeypatch):
@@ -177,7 +177,7 @@ def test_dry_run_prints_the_trial_table(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["model.dimm=8"], "model.dimm: unknown key (did you mean 'model.dim'?)"),
+        (["model.dimm=8"], "base.model.dimm: unknown key (did you mean 'base.model.dim'?)"),
         (["model.dim=wide"], "model.dim"),
         (["model.prob_survival=0"], "model.prob_survival"),
         (["grid.model.sgu_split=[]"], "grid.model.sgu_split: empty"),
