@@ -33,6 +33,8 @@ from gmlp_ablate.names import (
 )
 
 STATUS_EVERY_S = 30.0
+TAG_STOPPED_AT = "stopped_at_step"
+"""Trial tag: the step at which a stage's scheduler (ASHA) stopped it early."""
 
 
 def _short(text: Optional[str], n: int = 200) -> str:
@@ -98,13 +100,13 @@ class ClaimingSearcher(Searcher):
 class MLflowMirror(Callback):
     """Tune events -> ledger -> MLflow runs (and claims released when a trial ends)."""
 
-    def __init__(self, tracker: Any, experiment_id: str, parent_id: str, sweep: Any, ledger: Ledger,
-                 claims: Any, checkpoint_dir: Callable[[str], str]) -> None:
+    def __init__(self, tracker: Any, experiment_id: str, parent_id: str, sweep_name: str, trials: Dict[str, Any],
+                 ledger: Ledger, claims: Any, checkpoint_dir: Callable[[str], str]) -> None:
         from gmlp_ablate.tracking import git_commit
 
         self.tracker, self.experiment_id, self.parent_id = tracker, experiment_id, parent_id
-        self.sweep, self.ledger, self.claims, self.checkpoint_dir = sweep, ledger, claims, checkpoint_dir
-        self.trials = {t.key: t for t in sweep.trials}
+        self.sweep_name, self.trials = sweep_name, trials
+        self.ledger, self.claims, self.checkpoint_dir = ledger, claims, checkpoint_dir
         self.run_tags = {TAG_COMMIT: git_commit()}
         self.last_beat = time.monotonic()
         self.continued: Dict[str, int] = {}  # key -> last step of an earlier run it continues
@@ -125,7 +127,7 @@ class MLflowMirror(Callback):
                 self.ledger[key].last_step = last
                 self.continued[key] = last
                 return old.info.run_id
-        return self.tracker.start_trial(self.experiment_id, self.parent_id, self.trials[key], self.sweep.name,
+        return self.tracker.start_trial(self.experiment_id, self.parent_id, self.trials[key], self.sweep_name,
                                         self.run_tags)
 
     def on_trial_start(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
@@ -146,6 +148,8 @@ class MLflowMirror(Callback):
         status, final = self.ledger.complete(e.key)
         if final:
             self.tracker.log_metrics(e.run_id, final, e.steps)
+        elif status == FINISHED:  # ended by the stage's scheduler before its last step
+            self.tracker.set_tags(e.run_id, {TAG_STOPPED_AT: str(max(e.last_step, 0))})
         self.tracker.end_trial(e.run_id, status, error=e.error if status == FAILED else None,
                                failure=e.failure if status == FAILED else None)
         if status == FINISHED:  # its checkpoint is of no further use; a --rerun starts afresh

@@ -1,8 +1,9 @@
 """The sweep runner: ``python -m gmlp_ablate.run SWEEP.yaml [key=value ...]``.
 
 Expands the sweep, skips trials that already have a FINISHED run in MLflow, and runs the
-rest as Ray Tune trials, each once this driver has claimed its key in the store (several
-drivers on one sweep split it). Trials report to Tune; the driver mirrors them to MLflow
+rest as Ray Tune trials (:mod:`gmlp_ablate.executor`; a sweep with a tuning stage or
+sequential seeds through :mod:`gmlp_ablate.stages`), each once this driver has claimed its
+key in the store (several drivers on one sweep split it). Trials report to Tune; the driver mirrors them to MLflow
 (:mod:`gmlp_ablate.callbacks`). Trials checkpoint to
 ``<storage>/<sweep>/checkpoints/<trial key>/``, where a retry or a later invocation resumes.
 
@@ -154,18 +155,39 @@ def print_trial_table(sweep: Sweep, done: Optional[Dict[str, str]], out: Any = N
     print(f"\n{len(sweep.trials)} trials: {len(sweep.arms)} arms x {_n_seeds(sweep)} seeds; {state}", file=out)
 
 
+def _print_plan(sweep: Sweep, out: Any = None) -> None:
+    """What a staged sweep runs, as far as it is known before anything runs."""
+    from gmlp_ablate.stages import plan
+
+    p = plan(sweep)
+    if p.tune_trials:
+        t = sweep.config.tune
+        print(f"stage 1 (tune): {len(p.tune_trials)} trials ({t.budget} candidate(s) x {len(t.seeds)} seed(s) "
+              f"per arm); the final trials above use each arm's base settings until it is tuned", file=out)
+    if sweep.sequential is not None:
+        print(f"final seeds in rounds: {len(p.final_trials)} trials first, at most {p.max_final} "
+              "(a comparison stops getting seeds once it is decided)", file=out)
+
+
+def _staged(sweep: Sweep) -> bool:
+    """A sweep with a tuning stage or sequential seeds (run through :mod:`gmlp_ablate.stages`)."""
+    return sweep.config.tune is not None or sweep.sequential is not None
+
+
 def _n_seeds(sweep: Sweep) -> int:
     return len({t.seed for t in sweep.trials})
 
 
-def print_summary(tracker: Any, experiment_id: str, sweep: Sweep, out: Any = None) -> None:
-    """Per arm: the sweep metric's mean over the seeds with a FINISHED run."""
+def print_summary(tracker: Any, experiment_id: str, sweep: Sweep, trials: Optional[List[Trial]] = None,
+                  out: Any = None) -> None:
+    """Per arm: the sweep metric's mean over the (final) trials with a FINISHED run."""
     out = out or sys.stdout
     metric = sweep.config.metric.name
     runs = tracker.finished_runs_by_key(experiment_id)
+    trials = trials if trials is not None else sweep.trials
     print(f"\n{'arm':<32} {'n':>3} {metric + ' (mean)':>18}", file=out)
     for arm in sweep.arms:
-        vals = [runs[t.key].data.metrics.get(metric) for t in sweep.trials if t.arm == arm and t.key in runs]
+        vals = [runs[t.key].data.metrics.get(metric) for t in trials if t.arm == arm and t.key in runs]
         vals = [v for v in vals if v is not None]
         mean = f"{sum(vals) / len(vals):.4g}" if vals else "-"
         print(f"{arm:<32} {len(vals):>3} {mean:>18}", file=out)
@@ -249,6 +271,8 @@ def _main(argv: Optional[List[str]]) -> int:
         except Exception:
             done = None
         print_trial_table(sweep, done)
+        if _staged(sweep):
+            _print_plan(sweep)
         return EXIT_OK
     tracker = Tracker(uri)
     try:
@@ -270,10 +294,13 @@ def _main(argv: Optional[List[str]]) -> int:
     if closed:
         print(f"closed {len(closed)} run(s) left RUNNING by a sweep driver that stopped (failure=driver_lost)")
     todo = [t for t in sweep.trials if t.key not in done]
-    print(f"sweep '{sweep.name}': {len(sweep.trials)} trials ({len(sweep.arms)} arms x {_n_seeds(sweep)} seeds)")
-    if done:
-        print(f"skipping {len(sweep.trials) - len(todo)} trial(s) already FINISHED in {tracker.uri}")
-    if not todo:
+    if _staged(sweep):  # which trials run is decided stage by stage
+        print(f"sweep '{sweep.name}': {len(sweep.arms)} arms, in stages")
+    else:
+        print(f"sweep '{sweep.name}': {len(sweep.trials)} trials ({len(sweep.arms)} arms x {_n_seeds(sweep)} seeds)")
+        if done:
+            print(f"skipping {len(sweep.trials) - len(todo)} trial(s) already FINISHED in {tracker.uri}")
+    if not todo and not _staged(sweep):
         print("nothing to run: every trial has a finished run (use --rerun to run them again)")
         print_summary(tracker, experiment_id, sweep)
         _print_next_steps(tracker.uri, sweep.name)
@@ -282,8 +309,6 @@ def _main(argv: Optional[List[str]]) -> int:
     from gmlp_ablate.ledger import Ledger
 
     ledger = Ledger(sweep.config.metric.name, sweep.config.metric.mode)
-    for t in todo:
-        ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)
     stop = StopFlag(ledger)
     stop.install()
     try:
@@ -308,11 +333,20 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
         print(f"error: {_ray_error(args.address, e)}", file=sys.stderr)
         return EXIT_FAILED
     from gmlp_ablate.callbacks import PendingTimeout, SweepInterrupted  # imports Ray: after its set-up
-    status, driver_ok, searcher, parent_id = "FAILED", False, None, None
+    from gmlp_ablate.executor import TuneExecutor
+
+    status, driver_ok, executor, parent_id = "FAILED", False, None, None
     try:
         parent_id = tracker.start_parent(experiment_id, sweep, command, liveness.identity())
         claims = Claims(tracker, experiment_id, parent_id)
-        searcher = _run_on_ray(args, sweep, todo, ledger, tracker, experiment_id, parent_id, claims, stop)
+        executor = TuneExecutor(args, sweep, tracker, experiment_id, parent_id, claims, ledger, stop, run_trial,
+                                checkpoint_root(args.storage, sweep.name))
+        if _staged(sweep):
+            from gmlp_ablate.stages import run_stages
+
+            run_stages(sweep, executor)
+        else:
+            executor.run(todo)
         status = "FINISHED" if not ledger.failed() else "FAILED"
         driver_ok = True
     except (SweepInterrupted, KeyboardInterrupt):
@@ -333,10 +367,10 @@ def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip
         return EXIT_INTERRUPTED if status == "KILLED" else EXIT_FAILED
 
     failed = ledger.failed()
-    print_summary(tracker, experiment_id, sweep)
-    if searcher is not None and searcher.elsewhere:
-        print(f"\n{len(searcher.elsewhere)} trial(s) left to another live driver of this sweep: "
-              + ", ".join(f"{t.arm} seed={t.seed}" for t in searcher.elsewhere))
+    print_summary(tracker, experiment_id, sweep, executor.final if executor is not None and executor.final else None)
+    if executor is not None and executor.elsewhere:
+        print(f"\n{len(executor.elsewhere)} trial(s) left to another live driver of this sweep: "
+              + ", ".join(f"{t.arm} seed={t.seed}" for t in executor.elsewhere))
     if failed:
         print(f"\n{len(failed)} trial(s) failed:")
         for e in failed:
@@ -374,6 +408,7 @@ def _start_ray(args: argparse.Namespace) -> Any:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # StopFlag handles SIGINT
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # val/* come at evaluations only
     if not args.address:
         # Ray would turn 127.0.0.1 into this machine's external address (and its servers bind
         # all interfaces); with "no cluster" it keeps the loopback address and binds only it.
@@ -415,74 +450,6 @@ def _ray_error(address: Optional[str], e: Exception) -> str:
     if address and not os.environ.get("RAY_AUTH_MODE"):
         msg += " (a cluster with token authentication, Ray's default, needs RAY_AUTH_MODE=token here)"
     return msg
-
-
-def _run_on_ray(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], ledger: Any, tracker: Any,
-                experiment_id: str, parent_id: str, claims: Any, stop: StopFlag) -> Any:
-    """Run the trials with Ray Tune (Ray already started); returns the searcher."""
-    import ray
-    from ray import tune
-
-    from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, PendingWatch, StopOnSignal
-
-    cluster = ray.cluster_resources()
-    gpu = gpu_per_trial(sweep.config.resources, cluster.get("GPU", 0.0))
-    cpu = sweep.config.resources.cpu
-    ckroot = checkpoint_root(args.storage, sweep.name)
-    index = {t.key: i for i, t in enumerate(sweep.trials)}
-    started = time.time()
-
-    def ckdir(key: str) -> str:
-        return os.path.join(ckroot, key)
-
-    def finished_since(key: str) -> bool:
-        runs = [r for r in tracker.trial_runs(experiment_id, key) if r.info.status == "FINISHED"]
-        return any(not args.rerun or (r.info.start_time or 0) / 1000 >= started for r in runs)
-
-    def prepare(t: Trial) -> None:
-        if args.rerun and t.key in tracker.finished_keys(experiment_id):
-            import shutil
-
-            shutil.rmtree(ckdir(t.key), ignore_errors=True)  # a rerun trains again from step 0
-
-    def make_config(t: Trial) -> Dict[str, Any]:
-        return {"trial": {"key": t.key, "arm": t.arm, "config": to_dict(t.config), "checkpoint_dir": ckdir(t.key)}}
-
-    searcher = ClaimingSearcher(todo, claims, finished_since, make_config, prepare)
-    callbacks = [MLflowMirror(tracker, experiment_id, parent_id, sweep, ledger, claims, ckdir),
-                 ConsoleProgress(ledger), StopOnSignal(stop)]
-    if args.address and args.pending_timeout:
-        callbacks.append(PendingWatch(args.pending_timeout, cpu, gpu))
-    if args.address:
-        _warn_unmet(cpu, gpu, args.pending_timeout)
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, {"cpu": cpu, "gpu": gpu}),
-        param_space={"cpu": cpu},
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=len(todo), max_concurrent_trials=args.max_concurrent, reuse_actors=True,
-            trial_dirname_creator=lambda tr: f"t{index[tr.config['trial']['key']]:04d}_{tr.config['trial']['key'][:8]}",
-            trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}#{tr.config['trial']['key'][:6]}"),
-        run_config=tune.RunConfig(
-            name=f"{path_component(sweep.name)}-{parent_id[:8]}", storage_path=args.storage, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=args.retries), callbacks=callbacks),
-    )
-    print(f"running {len(todo)} trial(s) on Ray ({args.address or 'local'}): {cpu:g} CPU + {gpu:g} GPU each; "
-          f"MLflow run {parent_id} in {tracker.uri}", flush=True)
-    tuner.fit()
-    return searcher
-
-
-def _warn_unmet(cpu: float, gpu: float, timeout: Optional[float]) -> None:
-    """One line when no node of the cluster has a trial's resources now."""
-    import ray
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if not any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
-        most = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
-        wait = f"giving up after {timeout:g} s (--pending-timeout)" if timeout else \
-            "waiting until it has (an autoscaler may add nodes; --pending-timeout S to give up)"
-        print(f"warning: a trial needs {cpu:g} CPU + {gpu:g} GPU on one node; the cluster's largest node has "
-              f"{most[0]:g} CPU + {most[1]:g} GPU now; {wait}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

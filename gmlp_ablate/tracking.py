@@ -360,7 +360,7 @@ class Tracker:
         rid = run.info.run_id
         params = {
             "sweep.name": c.name,
-            "sweep.seeds": json.dumps(list(c.seeds)),
+            "sweep.seeds": json.dumps(list(c.seeds) if isinstance(c.seeds, (list, tuple)) else str(c.seeds)),
             "sweep.grid": json.dumps(c.grid),
             "sweep.baselines": json.dumps(c.baselines),
             "sweep.metric": c.metric.name,
@@ -368,6 +368,8 @@ class Tracker:
             "sweep.resources": json.dumps(to_dict(c.resources)),
             "sweep.trials": str(len(sweep.trials)),
         }
+        if hasattr(sweep, "protocol"):  # the declared comparison design (family, seeds, tuning, matches)
+            params.update(sweep.protocol())
         self._log(rid, params=params)
         return rid
 

@@ -1,0 +1,123 @@
+"""Runs lists of trials on Ray Tune for one driver: the runner's side of the stages.
+
+:class:`TuneExecutor` is the :class:`gmlp_ablate.stages.Executor` of a sweep invocation: it
+holds the driver's Ray instance (already started), its parent run, its claims and its ledger,
+and each :meth:`~TuneExecutor.run` is one Tune run over the trials whose keys have no
+FINISHED run yet, each claimed before it starts (:class:`~gmlp_ablate.callbacks.ClaimingSearcher`)
+and mirrored to MLflow. A sweep without stages is one call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import ray
+from ray import tune
+
+from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, PendingWatch, StopOnSignal
+from gmlp_ablate.names import STAGE_FINAL, path_component
+from gmlp_ablate.preflight import gpu_per_trial
+from gmlp_ablate.trial import to_dict
+
+
+class TuneExecutor:
+    """Trials -> Tune runs, for one driver (``args`` are the runner's parsed flags)."""
+
+    def __init__(self, args: Any, sweep: Any, tracker: Any, experiment_id: str, parent_id: str, claims: Any,
+                 ledger: Any, stop: Any, trainable: Any, checkpoint_root: str) -> None:
+        self.args, self.sweep, self.tracker, self.experiment_id = args, sweep, tracker, experiment_id
+        self.parent_id, self.claims, self.ledger, self.stop = parent_id, claims, ledger, stop
+        self.trainable, self.checkpoint_root = trainable, checkpoint_root
+        self.elsewhere: List[Any] = []
+        self.final: List[Any] = []
+        """The final-stage trials asked for so far (the summary's rows)."""
+        self.calls = 0
+        self.started = time.time()
+
+    def checkpoint_dir(self, key: str) -> str:
+        return os.path.join(self.checkpoint_root, key)
+
+    def results(self) -> Dict[str, Dict[str, float]]:
+        """trial_key -> last metric values of its latest FINISHED run."""
+        return {k: dict(r.data.metrics) for k, r in self.tracker.finished_runs_by_key(self.experiment_id).items()}
+
+    def _finished_since(self, key: str) -> bool:
+        runs = [r for r in self.tracker.trial_runs(self.experiment_id, key) if r.info.status == "FINISHED"]
+        return any(not self.args.rerun or (r.info.start_time or 0) / 1000 >= self.started for r in runs)
+
+    def _prepare(self, t: Any) -> None:
+        if self.args.rerun and t.key in self.tracker.finished_keys(self.experiment_id):
+            shutil.rmtree(self.checkpoint_dir(t.key), ignore_errors=True)  # a rerun trains again from step 0
+
+    def _config(self, t: Any) -> Dict[str, Any]:
+        return {"trial": {"key": t.key, "arm": t.arm, "config": to_dict(t.config),
+                          "checkpoint_dir": self.checkpoint_dir(t.key)}}
+
+    def run(self, trials: List[Any], stage: str = STAGE_FINAL, scheduler: Optional[Dict[str, Any]] = None) -> None:
+        """Run every trial of ``trials`` whose key has no FINISHED run yet (all with --rerun)."""
+        if stage == STAGE_FINAL:
+            self.final += trials
+        done = set() if self.args.rerun else set(self.tracker.finished_keys(self.experiment_id))
+        todo = [t for t in trials if t.key not in done and t.key not in self.ledger.entries]
+        if len(todo) < len(trials):
+            print(f"skipping {len(trials) - len(todo)} trial(s) already FINISHED or run in this invocation")
+        if not todo:
+            return
+        self.calls += 1
+        self.ledger.best = None  # the progress lines' best is per stage
+        for t in todo:
+            self.ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)
+        gpu = gpu_per_trial(self.sweep.config.resources, ray.cluster_resources().get("GPU", 0.0))
+        cpu = self.sweep.config.resources.cpu
+        index = {t.key: i for i, t in enumerate(todo)}
+        searcher = ClaimingSearcher(todo, self.claims, self._finished_since, self._config, self._prepare)
+        callbacks = [MLflowMirror(self.tracker, self.experiment_id, self.parent_id, self.sweep.name,
+                                  {t.key: t for t in todo}, self.ledger, self.claims, self.checkpoint_dir),
+                     ConsoleProgress(self.ledger), StopOnSignal(self.stop)]
+        if self.args.address:
+            _warn_unmet(cpu, gpu, self.args.pending_timeout)
+            if self.args.pending_timeout:
+                callbacks.append(PendingWatch(self.args.pending_timeout, cpu, gpu))
+        tuner = tune.Tuner(
+            tune.with_resources(self.trainable, {"cpu": cpu, "gpu": gpu}),
+            param_space={"cpu": cpu},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=len(todo), max_concurrent_trials=self.args.max_concurrent,
+                reuse_actors=True, scheduler=_scheduler(scheduler),
+                trial_dirname_creator=lambda tr: f"t{index[tr.config['trial']['key']]:04d}_{tr.config['trial']['key'][:8]}",
+                trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}#{tr.config['trial']['key'][:6]}"),
+            run_config=tune.RunConfig(
+                name=f"{path_component(self.sweep.name)}-{self.parent_id[:8]}" + (f"-{stage}{self.calls}"
+                                                                                   if self.calls > 1 else ""),
+                storage_path=self.args.storage, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=self.args.retries), callbacks=callbacks),
+        )
+        print(f"running {len(todo)} trial(s) on Ray ({self.args.address or 'local'}): {cpu:g} CPU + {gpu:g} GPU each; "
+              f"MLflow run {self.parent_id} in {self.tracker.uri}", flush=True)
+        tuner.fit()
+        self.elsewhere += searcher.elsewhere
+
+
+def _scheduler(spec: Optional[Dict[str, Any]]) -> Any:
+    """Tune's trial scheduler for a stage: ``asha`` stops weak tuning trials early."""
+    if not spec or spec.get("name", "none") == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="step", metric=spec["metric"], mode=spec["mode"], max_t=int(spec["max_t"]),
+                         grace_period=max(1, int(spec["max_t"]) // 8))
+
+
+def _warn_unmet(cpu: float, gpu: float, timeout: Optional[float]) -> None:
+    """One line when no node of the cluster has a trial's resources now."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        most = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
+        wait = f"giving up after {timeout:g} s (--pending-timeout)" if timeout else \
+            "waiting until it has (an autoscaler may add nodes; --pending-timeout S to give up)"
+        print(f"warning: a trial needs {cpu:g} CPU + {gpu:g} GPU on one node; the cluster's largest node has "
+              f"{most[0]:g} CPU + {most[1]:g} GPU now; {wait}", file=sys.stderr, flush=True)
