@@ -110,10 +110,18 @@ SWEEP = {
 }
 
 
-def _drivers_together(tmp: Path, procs: Processes, n: int, uri: str) -> List[str]:
-    path = write_yaml(tmp / "shared.yaml", SWEEP)
+def _drivers_together(tmp: Path, procs: Processes, n: int, uri: str, staggered: bool = False) -> List[str]:
+    """``n`` drivers of one sweep on one store; ``staggered``: each starts once the previous
+    one has finished a trial (the others' trials still pending)."""
+    data = json.loads(json.dumps(SWEEP))
+    if staggered:  # long enough for the first driver to still have pending trials when the next starts
+        data["base"]["train"].update(steps=3000, eval_every=1000, log_every=500)
+    path = write_yaml(tmp / "shared.yaml", data)
     ps = []
     for i in range(n):  # each its own local Ray instance (own temp dir); one store
+        if staggered and i:
+            prev = tmp / f"run{i - 1}.log"
+            wait_for(lambda: ": done " in prev.read_text() or ps[-1].poll() is not None, 240, "a finished trial")
         ray_tmp = Path(procs.ray_tmp) / str(i)
         ray_tmp.mkdir()
         ps.append(procs.driver(path, "--tracking-uri", uri, "--storage", str(tmp / "ray_results"), "--num-cpus", "1",
@@ -130,16 +138,18 @@ def _assert_each_key_finished_once(trials: List[Dict[str, Any]], key_of, status_
     assert {status_of(r) for r in trials} == {"FINISHED"}
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_drivers_started_together_finish_each_key_exactly_once(tmp_path, procs, n):
+@pytest.mark.parametrize("n, staggered", [(2, False), (3, False), (2, True)])
+def test_drivers_started_together_finish_each_key_exactly_once(tmp_path, procs, n, staggered):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    logs = _drivers_together(tmp_path, procs, n, uri)
+    logs = _drivers_together(tmp_path, procs, n, uri, staggered)
     got = mlflow_runs(uri, "shared")
     _assert_each_key_finished_once(got["trials"], lambda r: r.data.tags["trial_key"], lambda r: r.info.status)
     assert sorted(r.info.status for r in got["parents"]) == ["FINISHED"] * n
+    steps, every = (3000, 500) if staggered else (60, 10)
     for r in got["trials"]:
-        assert history_steps(got["client"], r.info.run_id, "train/loss") == list(range(10, 61, 10))
-    assert sum(lg.count(": done ") for lg in logs) == 6
+        assert history_steps(got["client"], r.info.run_id, "train/loss") == list(range(every, steps + 1, every))
+    assert sum(lg.count(": done ") for lg in logs) == 6 and all(": done " in lg for lg in logs), \
+        "every driver ran trials"
     from gmlp_ablate.tracking import Tracker
 
     models = Tracker(uri).client.search_registered_models()
