@@ -19,7 +19,7 @@ import ray
 from ray import tune
 
 from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, PendingWatch, StopOnSignal
-from gmlp_ablate.names import STAGE_FINAL, path_component
+from gmlp_ablate.names import STAGE_FINAL, STAGE_TUNE, path_component
 from gmlp_ablate.preflight import gpu_per_trial
 from gmlp_ablate.trial import to_dict
 
@@ -68,7 +68,10 @@ class TuneExecutor:
         if not todo:
             return
         self.calls += 1
-        self.ledger.best = None  # the progress lines' best is per stage
+        self.ledger.best = None  # the progress lines' best is per stage, on what that stage reads
+        tune, metric = self.sweep.config.tune, self.sweep.config.metric
+        self.ledger.metric, self.ledger.mode = ((tune.select, tune.mode) if stage == STAGE_TUNE and tune
+                                                else (metric.name, metric.mode))
         for t in todo:
             self.ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)
         gpu = gpu_per_trial(self.sweep.config.resources, ray.cluster_resources().get("GPU", 0.0))

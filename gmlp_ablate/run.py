@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 from gmlp_ablate.names import path_component
 from gmlp_ablate.preflight import check_address, check_local_resources, check_storage, gpu_per_trial
 from gmlp_ablate.schema import ConfigError
-from gmlp_ablate.sweep import Sweep, Trial, load_sweep
+from gmlp_ablate.sweep import MAX_TRIALS, Sweep, Trial, load_sweep
 from gmlp_ablate.trial import merge_trial, to_dict
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -156,10 +156,15 @@ def print_trial_table(sweep: Sweep, done: Optional[Dict[str, str]], out: Any = N
 
 
 def _print_plan(sweep: Sweep, out: Any = None) -> None:
-    """What a staged sweep runs, as far as it is known before anything runs."""
+    """How the comparison is made (sizes, family) and, for a staged sweep, what each stage runs."""
     from gmlp_ablate.stages import plan
 
     p = plan(sweep)
+    for arm, m in sweep.matches.items():
+        print(f"{arm}: sized to '{m.spec.to}' by {m.spec.by}: {m.spec.vary}={m.value} gives {m.achieved:,.0f} "
+              f"({m.rel_diff:+.1%} of {m.target:,.0f}; tolerance {m.spec.tolerance:.0%})", file=out)
+    print(f"comparisons (the family, alpha {sweep.config.alpha:g}): "
+          + "; ".join(f"{a} vs {b}" for a, b in sweep.family), file=out)
     if p.tune_trials:
         t = sweep.config.tune
         print(f"stage 1 (tune): {len(p.tune_trials)} trials ({t.budget} candidate(s) x {len(t.seeds)} seed(s) "
@@ -230,6 +235,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--storage", default=None, help="folder for Tune's files and the trials' checkpoints (default: "
                    "~/ray_results; on a multi-node cluster: a folder every node shares)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--max-trials", type=int, default=MAX_TRIALS, help="refuse a sweep expanding to more trials "
+                   f"than this (default {MAX_TRIALS}; counted before anything is built)")
     p.add_argument("--pending-timeout", type=float, default=None, help="with --address: give up (exit 1) when no "
                    "trial could start for this many seconds (resources the cluster does not have); default: wait")
     return p.parse_intermixed_args(argv)
@@ -250,12 +257,13 @@ def _main(argv: Optional[List[str]]) -> int:
 
     try:  # every check that needs neither Ray nor MLflow, so bad input fails fast and creates nothing
         for name, value, low in (("--max-concurrent", args.max_concurrent, 1), ("--retries", args.retries, 0),
-                                 ("--num-cpus", args.num_cpus, 1), ("--pending-timeout", args.pending_timeout, 1)):
+                                 ("--num-cpus", args.num_cpus, 1), ("--pending-timeout", args.pending_timeout, 1),
+                                 ("--max-trials", args.max_trials, 1)):
             if value is not None and value < low:
                 raise ConfigError(name, f"must be >= {low}, got {value}")
         check_address(args.address)
         uri = check_uri(args.tracking_uri)
-        sweep = load_sweep(args.sweep, args.overrides)  # refuses a name unusable as a path component
+        sweep = load_sweep(args.sweep, args.overrides, max_trials=args.max_trials)  # refuses a name unusable as a path component
         args.storage = os.path.abspath(os.path.expanduser(args.storage or "~/ray_results"))
         check_storage(args.storage)
         if not args.address:
@@ -271,8 +279,7 @@ def _main(argv: Optional[List[str]]) -> int:
         except Exception:
             done = None
         print_trial_table(sweep, done)
-        if _staged(sweep):
-            _print_plan(sweep)
+        _print_plan(sweep)
         return EXIT_OK
     tracker = Tracker(uri)
     try:

@@ -22,25 +22,27 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-try:  # the schema split into one module per owner
-    from gmlp_ablate.models.config import ModelConfig
-    from gmlp_ablate.sweep import MetricConfig, Sweep, SweepConfig, Trial
-    from gmlp_ablate.tasks.config import TaskConfig
-    from gmlp_ablate.trial import TrainConfig, TrialConfig, trial_key
-except ImportError:  # the single config module
-    from gmlp_ablate.config import (MetricConfig, ModelConfig, Sweep, SweepConfig, TaskConfig, TrainConfig, Trial,
-                                    TrialConfig, trial_key)
+from gmlp_ablate.models.config import ModelConfig
+from gmlp_ablate.sweep import MetricConfig, Sweep, SweepConfig, Trial
+from gmlp_ablate.tasks.config import TaskConfig
+from gmlp_ablate.trial import TrainConfig, TrialConfig, trial_key
 from gmlp_ablate.tracking import Tracker
 
 pytestmark = pytest.mark.integration
 
 
+class FirstRoundSweep(Sweep):
+    """A sweep as the first round logged it: its parent run declares no comparisons, so the
+    report infers the family (and says so)."""
+
+    def protocol(self):
+        return {}
+
+
 def make_sweep(config: SweepConfig, trials: list) -> Sweep:
     """A sweep of exactly these trials: what the tracker reads of it (its config and trials)."""
-    try:
-        return Sweep(config=config, trials=trials)
-    except TypeError:  # a Sweep that also carries its arms and declared family
-        return Sweep(config=config, trials=trials, arm_configs={}, family=[], reference_arm="")
+    return FirstRoundSweep(config=config, trials=trials, arm_configs={}, family=[], reference_arm="")
+
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sgu_test"
