@@ -423,3 +423,41 @@ def test_code_version_can_be_part_of_the_key():
 def test_every_sweep_key_has_a_docstring():
     docs = field_docs(SweepConfig)
     assert [k for k in leaf_keys(SweepConfig) if not k.startswith("base.") and not docs.get(k)] == []
+
+
+# --------------------------------------------------------------------------------------
+# Values out of range: one table for every group, as command-line overrides of a sweep
+# --------------------------------------------------------------------------------------
+
+OUT_OF_RANGE = [
+    ("model.dim=0", "model.dim"), ("model.depth=0", "model.depth"), ("model.ff_mult=0", "model.ff_mult"),
+    ("model.heads=0", "model.heads"), ("model.heads=3", "model.heads"), ("model.attn_heads=0", "model.attn_heads"),
+    ("model.init_eps=-1", "model.init_eps"), ("model.prob_survival=0", "model.prob_survival"),
+    ("model.prob_survival=1.5", "model.prob_survival"), ("model.attn_dim=0", "model.attn_dim"),
+    ("model.attn_dim=6 model.attn_heads=4", "model.attn_heads"), ("model.dim=15 model.ff_mult=1", "model.ff_mult"),
+    ("model.sgu_act=relu6", "model.sgu_act"), ("model.drop_mode=row", "model.drop_mode"),
+    ("model.dropout=1", "model.dropout"), ("model.pos=alibi", "model.pos"),
+    ("train.steps=0", "train.steps"), ("train.batch_size=0", "train.batch_size"), ("train.lr=0", "train.lr"),
+    ("train.eval_every=0", "train.eval_every"), ("train.log_every=0", "train.log_every"),
+    ("train.warmup_steps=-1", "train.warmup_steps"), ("train.weight_decay=-0.1", "train.weight_decay"),
+    ("train.grad_clip=-1", "train.grad_clip"), ("train.checkpoint_every=-1", "train.checkpoint_every"),
+    ("train.min_lr_ratio=2", "train.min_lr_ratio"), ("train.beta1=1", "train.beta1"), ("train.beta2=-0.1", "train.beta2"),
+    ("train.device=tpu", "train.device"), ("train.precision=fp8", "train.precision"), ("train.threads=0", "train.threads"),
+    ("task.num_kv_pairs=0", "task.num_kv_pairs"), ("task.vocab_size=3", "task.vocab_size"),
+    ("task.seq_len=4", "task.seq_len"), ("task.num_val=0", "task.num_val"),
+    ("resources.cpu=0", "resources.cpu"), ("resources.gpu=lots", "resources.gpu"), ("resources.gpu=-1", "resources.gpu"),
+    ("resources.trials_per_gpu=0", "resources.trials_per_gpu"), ("metric.mode=up", "metric.mode"),
+    ("seeds=[]", "seeds"), ("seeds=[0,0]", "seeds"),
+    ("task.name=charlm task.seq_len=1", "task.seq_len"), ("task.name=charlm task.corpus_bytes=0", "task.corpus_bytes"),
+    ("task.name=charlm task.val_fraction=1", "task.val_fraction"), ("task.name=charlm task.val_tokens=8", "task.val_tokens"),
+    ("task.name=mlm task.mask_prob=1", "task.mask_prob"), ("task.name=digits task.patch_size=3", "task.patch_size"),
+    ("task.name=digits task.seq_len=5", "task.seq_len"), ("task.name=digits task.val_fraction=0.001", "task.val_fraction"),
+]
+
+
+@pytest.mark.parametrize("overrides, key", OUT_OF_RANGE, ids=[o for o, _ in OUT_OF_RANGE])
+def test_out_of_range_values_name_the_key(overrides, key):
+    data = _sweep(metric={"name": "val/loss", "mode": "min"})
+    with pytest.raises(ConfigError) as e:
+        build_sweep(data, overrides.split())
+    assert e.value.key is not None and e.value.key.endswith(key), str(e.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,12 +107,15 @@ def test_dry_run_reads_the_store_without_writing_to_it(tiny_sweep, capsys):
     assert sorted(p.name for p in tiny_sweep["dir"].iterdir() if p.name.startswith("mlflow.db")) == ["mlflow.db"]
 
 
-def test_added_seed_runs_only_new_trials(tiny_sweep, capsys):
-    code = run.main([tiny_sweep["path"], "seeds=[0,1,2]", "--tracking-uri", tiny_sweep["uri"],
-                     "--storage", str(tiny_sweep["dir"] / "ray"), "--num-cpus", "2"])
+def test_added_seed_runs_only_new_trials(tiny_sweep, tmp_path, capsys):
+    # A copy of the module's store: the tests that read the shared one see one parent, in any order.
+    shutil.copy(tiny_sweep["dir"] / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run.main([tiny_sweep["path"], "seeds=[0,1,2]", "--tracking-uri", uri,
+                     "--storage", str(tmp_path / "ray"), "--num-cpus", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "skipping 6 trial(s)" in out and "running 3 trial(s)" in out
-    _, parents, trials = _runs(tiny_sweep["uri"], "tiny")
+    _, parents, trials = _runs(uri, "tiny")
     assert len(parents) == 2 and len(trials) == 9
     assert sorted(r.data.tags["seed"] for r in trials).count("2") == 3
     keys = [r.data.tags["trial_key"] for r in trials]
