@@ -17,22 +17,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from analysis.store import AnalysisError
 
-P_FAMILY = "sweep.family"
-"""JSON list of ``[arm, vs_arm]`` pairs: the Holm family, exactly."""
-P_ALPHA = "sweep.alpha"
-"""Family-wise type I error (default 0.05)."""
-P_REFERENCE = "sweep.reference"
-"""JSON dict of the reference settings, e.g. ``{"model.sgu_split": true}``."""
-P_REFERENCE_ARM = "sweep.reference_arm"
-"""The reference arm's name."""
-P_SEEDS = "sweep.seeds"
-"""JSON list of seeds (fixed design) or ``{"initial": 3, "max": 10, "step": 1, "boundary": "obrien-fleming"|"pocock"}``."""
-P_SOLVED = "sweep.solved"
-"""JSON ``null`` or ``{"metric": "test/acc", "threshold": 0.9}``: a binary solved outcome per seed."""
-P_DIVERGED = "sweep.diverged"
-"""``drop`` (a diverged seed is left out, and counted) or ``worst`` (it counts as the worst value)."""
-P_METRIC = "sweep.metric"
-P_METRIC_MODE = "sweep.metric_mode"
+from gmlp_ablate.names import (  # noqa: E402  (the parent-run params the sweep loader writes)
+    P_ALPHA,
+    P_DIVERGED,
+    P_FAMILY,
+    P_METRIC,
+    P_METRIC_MODE,
+    P_REFERENCE,
+    P_REFERENCE_ARM,
+    P_SEEDS,
+    P_SOLVED,
+)
+
 PARAMS = (P_FAMILY, P_ALPHA, P_REFERENCE, P_REFERENCE_ARM, P_SEEDS, P_SOLVED, P_DIVERGED, P_METRIC, P_METRIC_MODE)
 """Every parent-run param the analysis reads for the design."""
 

@@ -20,6 +20,12 @@ import pandas as pd
 
 from gmlp_ablate.names import (
     FAILURE_NONFINITE,
+    P_BASELINES,
+    P_GRID,
+    P_MATCHES,
+    P_METRIC,
+    P_METRIC_MODE,
+    P_SEEDS,
     STAGE_FINAL,
     TAG_ARM,
     TAG_BASELINE,
@@ -40,10 +46,7 @@ from gmlp_ablate.names import (
     TAG_SWEEP,
 )
 
-try:  # the trial schema's own module once the config split lands
-    from gmlp_ablate.trial import NONSEMANTIC_KEYS, TRIAL_KEYS, TrialConfig
-except ImportError:  # pragma: no cover - older layout
-    from gmlp_ablate.config import NONSEMANTIC_KEYS, TRIAL_KEYS, TrialConfig
+from gmlp_ablate.trial import NONSEMANTIC_KEYS, TRIAL_KEYS, TrialConfig
 
 TASK_INFO_PREFIX = "task."
 """Trial tags that describe the task's data (corpus hash, split sizes, ...)."""
@@ -152,7 +155,7 @@ def parse_meta(name: str, experiment_id: str, uri: str, parents: Sequence[Any]) 
         "status": r.info.status,
         "command": r.data.tags.get(TAG_COMMAND, ""),
         "git_commit": r.data.tags.get(TAG_COMMIT, ""),
-        "seeds": r.data.params.get("sweep.seeds", ""),
+        "seeds": r.data.params.get(P_SEEDS, ""),
     } for r in parents]
     if not parents:
         return meta
@@ -162,13 +165,13 @@ def parse_meta(name: str, experiment_id: str, uri: str, parents: Sequence[Any]) 
     meta.params = dict(params)
     meta.factors = list(parse_json(tags.get(TAG_FACTORS), []))
     meta.baselines = list(parse_json(tags.get(TAG_BASELINES), []))
-    overrides = parse_json(params.get("sweep.baselines"), {})
+    overrides = parse_json(params.get(P_BASELINES), {})
     meta.baseline_overrides = overrides if isinstance(overrides, dict) else {}
-    meta.grid = dict(parse_json(params.get("sweep.grid"), {}))
-    matches = parse_json(params.get("sweep.matches"), {})
+    meta.grid = dict(parse_json(params.get(P_GRID), {}))
+    matches = parse_json(params.get(P_MATCHES), {})
     meta.matches = {a: m for a, m in matches.items() if isinstance(m, dict)} if isinstance(matches, dict) else {}
-    meta.metric = tags.get(TAG_METRIC) or params.get("sweep.metric") or meta.metric
-    meta.metric_mode = tags.get(TAG_METRIC_MODE) or params.get("sweep.metric_mode") or meta.metric_mode
+    meta.metric = tags.get(TAG_METRIC) or params.get(P_METRIC) or meta.metric
+    meta.metric_mode = tags.get(TAG_METRIC_MODE) or params.get(P_METRIC_MODE) or meta.metric_mode
     note = tags.get(TAG_NOTE, "")
     meta.description = "" if note == name else note
     meta.command = tags.get(TAG_COMMAND, "")

@@ -33,15 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-try:  # the schema split into one module per owner
-    from gmlp_ablate.models.config import ModelConfig  # noqa: E402
-    from gmlp_ablate.sweep import MetricConfig, Sweep, SweepConfig, Trial  # noqa: E402
-    from gmlp_ablate.tasks.config import TaskConfig  # noqa: E402
-    from gmlp_ablate.trial import TrainConfig, TrialConfig, trial_key  # noqa: E402
-except ImportError:  # the single config module
-    from gmlp_ablate.config import (  # noqa: E402
-        MetricConfig, ModelConfig, Sweep, SweepConfig, TaskConfig, TrainConfig, Trial, TrialConfig, trial_key,
-    )
+from gmlp_ablate.models.config import ModelConfig  # noqa: E402
+from gmlp_ablate.sweep import MetricConfig, Sweep, SweepConfig, Trial  # noqa: E402
+from gmlp_ablate.tasks.config import TaskConfig  # noqa: E402
+from gmlp_ablate.trial import TrainConfig, TrialConfig, trial_key  # noqa: E402
 from gmlp_ablate.tracking import Tracker  # noqa: E402
 
 NAME = "scale_bench"
@@ -71,10 +66,7 @@ def build_sweep(seeds: int, steps: int) -> Sweep:
                      grid={"model.ff_mult": FF_MULTS, "model.init_eps": INIT_EPS}, seeds=list(range(seeds)),
                      baselines={n: {"model": {"arch": "transformer", **e}} for n, e in BASELINES.items()},
                      metric=MetricConfig(name="val/loss", mode="min"))
-    try:
-        return Sweep(config=sc, trials=trials)
-    except TypeError:  # a Sweep that also carries its arms and declared family
-        return Sweep(config=sc, trials=trials, arm_configs={}, family=[], reference_arm="")
+    return Sweep(config=sc, trials=trials, arm_configs={}, family=[], reference_arm="")
 
 
 def fill(uri: str, seeds: int, steps: int, per_step: bool) -> int:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from gmlp_ablate.config import deep_merge, load_yaml, merge_structured, nest, parse_overrides
-from gmlp_ablate.names import STAGE_FINAL, STAGE_TUNE
+from gmlp_ablate import names
+from gmlp_ablate.names import STAGE_FINAL
 from gmlp_ablate.schema import MAX_INT, ConfigError, check, did_you_mean, knob, leaf_keys
 from gmlp_ablate.trial import TRIAL_KEYS, TrialConfig, to_dict, trial_key, validate_trial
 
@@ -282,15 +283,15 @@ class Sweep:
         c = self.config
         seeds = dataclasses.asdict(c.seeds) if self.sequential else list(c.seeds)
         return {
-            "sweep.family": json.dumps([list(p) for p in self.family]),
-            "sweep.alpha": str(c.alpha),
-            "sweep.reference": json.dumps(c.reference or dict(_first_cell(c.grid))),
-            "sweep.reference_arm": self.reference_arm,
-            "sweep.seeds": json.dumps(seeds),
-            "sweep.solved": json.dumps(dataclasses.asdict(c.solved) if c.solved else None),
-            "sweep.diverged": c.diverged,
-            "sweep.tune": json.dumps(dataclasses.asdict(c.tune) if c.tune else None),
-            "sweep.matches": json.dumps({a: {**dataclasses.asdict(m.spec), "target": m.target, "achieved": m.achieved,
+            names.P_FAMILY: json.dumps([list(p) for p in self.family]),
+            names.P_ALPHA: str(c.alpha),
+            names.P_REFERENCE: json.dumps(c.reference or dict(_first_cell(c.grid))),
+            names.P_REFERENCE_ARM: self.reference_arm,
+            names.P_SEEDS: json.dumps(seeds),
+            names.P_SOLVED: json.dumps(dataclasses.asdict(c.solved) if c.solved else None),
+            names.P_DIVERGED: c.diverged,
+            names.P_TUNE: json.dumps(dataclasses.asdict(c.tune) if c.tune else None),
+            names.P_MATCHES: json.dumps({a: {**dataclasses.asdict(m.spec), "target": m.target, "achieved": m.achieved,
                                              "value": m.value} for a, m in self.matches.items()}),
         }
 
