@@ -1,17 +1,32 @@
-"""Orchestration and logging overhead of ``gmlp_ablate.run`` on a small CPU machine.
+"""Orchestration and logging overhead of ``gmlp_ablate.run``, side by side with a hand-written
+Ray Tune grid logging through Ray's own ``MLflowLoggerCallback``, on a small CPU machine.
 
-Runs one sweep of 8 trials (~30 s of training each, 1 CPU each) three ways:
+For each trial length (``--steps``, about 25 s of training on one core here, and
+``--short-steps``, about 3 s), one sweep of 8 trials (1 CPU each) runs two ways:
 
-  (a) ``python -m gmlp_ablate.run`` on a fresh local Ray instance with a fresh sqlite store:
-      wall time of the whole invocation vs the trials' own time (``time/total_s`` and
-      ``perf/train_time_s`` from MLflow): efficiency = sum(trial time) / (cores * wall);
-  (b) the same trials one after another in a plain loop calling ``train()`` with 1 thread
-      each, no Ray, no MLflow (ideal wall on ``cores`` cores = sum / cores);
-  (c) the time the driver spends in ``Tracker`` calls (every MLflow write and lookup, timed
-      by wrapping the methods in the driver process), per trial, vs the trial's time.
+  ours  ``python -m gmlp_ablate.run`` on a fresh local Ray instance (``--num-cpus CORES``)
+        and a fresh sqlite store;
+  hand  the same 8 trial configs as a plain ``tune.grid_search`` over a function trainable
+        that calls the same ``train()``, with ``MLflowLoggerCallback`` into a fresh sqlite
+        store (:data:`HAND`, about 40 lines: what one would write without this project).
 
-Usage: python benchmarks/sweep_overhead.py [--steps 1200] [--cores 2] [--out DIR]
-Prints one table (markdown); see benchmarks/SWEEP_OVERHEAD.md for recorded results.
+efficiency = sum of the trials' own time (``time/total_s``: from entering ``train()`` to its
+return) / (cores x wall of the whole process). For ours the driver's phases are timed by
+wrapping its functions in the driver process (nothing in the runner is changed for it):
+start-up (imports and validation, the store opened in a thread while Ray starts, the parent
+run, Tune until the first trial starts, the worker until the first result) and shut-down
+(last trial ends -> Tune returns -> runs closed -> summary -> Ray stopped -> process exit),
+with the time spent in ``Tracker`` calls (every MLflow read and write).
+
+Memory (``--memory``, default on): the same runner over 10 and 100 tiny trials (mqar, 20
+steps): the driver's RSS when the trials are done and its peak, and the peak RSS of one
+worker; the driver's should not grow with the number of trials.
+
+Usage: python benchmarks/sweep_overhead.py [--steps 900] [--short-steps 90] [--cores 2]
+           [--skip-hand] [--skip-long] [--skip-short] [--no-memory] [--plain] [--out DIR]
+Prints markdown tables; see benchmarks/SWEEP_OVERHEAD.md for recorded results. The machine's
+load average is printed with every set of figures: other work on the cores slows the trials
+and the driver alike.
 """
 
 from __future__ import annotations
@@ -25,78 +40,175 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The driver, run as ``python -c DRIVER out.json ARGS...``: Tracker methods are wrapped with
-# timers (per method and per trial run), then the real CLI runs.
+# Ours, run as ``python -c DRIVER stats.json ARGS...``: phase functions and Tracker methods are
+# wrapped with timers, a thread samples the memory of the driver and of its Ray workers, then
+# the real CLI runs.
 DRIVER = r"""
-import functools, json, sys, time
-T0 = time.monotonic()
-from gmlp_ablate import tracking, run
+import functools, json, os, resource, sys, threading, time
+import psutil
+ME = psutil.Process()
+T0 = ME.create_time()                      # process start: the phases count from here
+now = lambda: time.time() - T0
+from gmlp_ablate import run, tracking  # (executor and callbacks import Ray: patched once it started)
 out, argv = sys.argv[1], sys.argv[2:]
-stats = {"calls": {}, "per_run": {}, "events": []}
-def wrap(name):
-    fn = getattr(tracking.Tracker, name)
+st = {"calls": {}, "per_run": {}, "phases": [], "events": [], "worker_rss": 0, "workers": {}}
+local = threading.local()
+
+def timed(owner, name, phase=None, track=False):
+    fn = getattr(owner, name)
     @functools.wraps(fn)
-    def timed(self, *a, **k):
-        t = time.monotonic()
+    def wrapper(*a, **k):
+        t, depth = now(), getattr(local, "depth", 0)
+        local.depth = depth + (1 if track else 0)
         res = None
         try:
-            res = fn(self, *a, **k)
+            res = fn(*a, **k)
             return res
         finally:
-            dt = time.monotonic() - t
-            if name == "start_trial":
-                a = (res,)
-            c = stats["calls"].setdefault(name, [0, 0.0]); c[0] += 1; c[1] += dt
-            rid = a[0] if a and isinstance(a[0], str) and len(a[0]) == 32 else None
-            if name == "start_trial":
-                stats["events"].append(("trial_start", t - T0))
-            if name == "end_trial":
-                stats["events"].append(("trial_end", t - T0))
-            if rid is not None and name in ("start_trial", "log_metrics", "set_tags", "end_trial"):
-                stats["per_run"][rid] = stats["per_run"].get(rid, 0.0) + dt
-    setattr(tracking.Tracker, name, timed)
-for name in ("check", "experiment_id", "close_stale", "finished_keys", "running_elsewhere", "start_parent",
-             "start_trial", "log_metrics", "set_tags", "end_trial", "end_run", "heartbeat", "finished_runs_by_key"):
-    wrap(name)
-code = run.main(argv)
-import resource
-me = resource.getrusage(resource.RUSAGE_SELF)
-stats["cpu_driver"] = me.ru_utime + me.ru_stime
-stats["code"], stats["exit_at"] = code, time.monotonic() - T0
-json.dump(stats, open(out, "w"))
-sys.exit(code)
+            local.depth = depth
+            t1 = now()
+            if phase:
+                st["phases"].append((phase, t, t1))
+            if track and depth == 0:
+                c = st["calls"].setdefault(name, [0, 0.0]); c[0] += 1; c[1] += t1 - t
+                rid = res if name == "start_trial" else (a[1] if len(a) > 1 and isinstance(a[1], str) else None)
+                if rid is not None and len(rid) == 32:
+                    st["per_run"][rid] = st["per_run"].get(rid, 0.0) + t1 - t
+    setattr(owner, name, wrapper)
+
+for name in ("check", "experiment_id", "finished_keys", "finished_runs_by_key", "running", "trial_runs", "start_parent",
+             "start_trial", "reopen_trial", "log_metrics", "set_tags", "end_trial", "end_run", "create_unique",
+             "unique_tags", "delete_unique", "search", "get_run"):
+    timed(tracking.Tracker, name, track=True)
+timed(run.StoreOpening, "start", "validated")
+timed(run.StoreOpening, "_open", "store: check/create/migrate, experiment, stale runs, finished keys (thread)")
+timed(run.StoreOpening, "result", "waiting for the store thread")
+timed(tracking.Tracker, "start_parent", "parent run")
+timed(run, "_close_runs", "close runs")
+timed(run, "print_summary", "summary")
+timed(run, "_shutdown_ray", "ray.shutdown (skipped for a local instance: the reaper stops it)")
+
+def patch_tune_side():
+    from gmlp_ablate import callbacks, executor
+    timed(executor.TuneExecutor, "run", "Tune run (first trial start .. last trial end inside)")
+    for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
+        def hook(orig, ev):
+            def f(self, iteration, trials, trial, *a, **k):
+                st["events"].append((ev, now()))
+                if ev == "on_trial_result" and "first_pid" not in st:
+                    st["first_pid"] = str(a[0].get("pid"))
+                return orig(self, iteration, trials, trial, *a, **k)
+            return f
+        setattr(callbacks.MLflowMirror, name, hook(getattr(callbacks.MLflowMirror, name), name))
+
+start_ray = run._start_ray
+def start_ray_then_patch(*a, **k):
+    try:
+        return start_ray(*a, **k)
+    finally:
+        patch_tune_side()
+run._start_ray = start_ray_then_patch
+timed(run, "_start_ray", "Ray: import, reaper, ray.init (main thread)")
+
+stop = threading.Event()
+def sample():
+    while not stop.is_set():
+        for p in ME.children(recursive=True):
+            try:
+                if "ray::" in " ".join(p.cmdline()[:1]):
+                    st["worker_rss"] = max(st["worker_rss"], p.memory_info().rss)
+                    st["workers"].setdefault(str(p.pid), p.create_time() - T0)
+            except psutil.Error:
+                pass
+        stop.wait(0.2)
+threading.Thread(target=sample, daemon=True).start()
+orig_close = run._close_runs
+def close_and_measure(*a, **k):
+    st["driver_rss_after_trials"] = ME.memory_info().rss
+    return orig_close(*a, **k)
+run._close_runs = close_and_measure
+real_exit = os._exit
+def exit_with_stats(code):  # run.cli() ends in os._exit, as `python -m gmlp_ablate.run` does
+    stop.set()
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    st["cpu_driver"] = u.ru_utime + u.ru_stime
+    st["driver_peak_rss"] = u.ru_maxrss * 1024
+    st["code"], st["exit_at"] = code, now()
+    json.dump(st, open(out, "w"))
+    real_exit(code)
+os._exit = exit_with_stats
+sys.argv = ["gmlp_ablate.run", *argv]
+run.cli()
 """
 
-# The plain loop (b), run as ``python -c PLAIN sweep.yaml out.json``.
+# The hand-written alternative, run as ``python -c HAND sweep.yaml URI STORAGE CORES stats.json``.
+HAND = r"""
+import json, sys, time
+import psutil
+T0 = psutil.Process().create_time()
+import ray
+from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from gmlp_ablate.sweep import load_sweep
+from gmlp_ablate.trial import merge_trial, to_dict
+
+def trainable(config):
+    from gmlp_ablate.train import train
+    cfg = merge_trial(config["trial"])
+    cfg.train.threads = 1
+    def report(metrics, step, checkpoint):
+        tune.report({**{k: v for k, v in metrics.items() if not k.startswith("info.")}, "step": step})
+    final = train(cfg, report=report)
+    tune.report({**final, "step": cfg.train.steps})
+
+class Events(tune.Callback):
+    starts, ends = [], []
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.starts.append(time.time() - T0)
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ends.append(time.time() - T0)
+
+sweep, uri, storage, cores, out = sys.argv[1:6]
+trials = load_sweep(sweep).trials
+ray.init(num_cpus=int(cores), include_dashboard=False)
+tuner = tune.Tuner(
+    tune.with_resources(trainable, {"cpu": 1}),
+    param_space={"trial": tune.grid_search([to_dict(t.config) for t in trials])},
+    run_config=tune.RunConfig(storage_path=storage, callbacks=[
+        MLflowLoggerCallback(tracking_uri=uri, experiment_name="hand", save_artifact=False), Events()]))
+results = tuner.fit()
+totals = [r.metrics["time/total_s"] for r in results]
+json.dump({"totals": totals, "starts": Events.starts, "ends": Events.ends}, open(out, "w"))
+"""
+
+# The plain loop (--plain), run as ``python -c PLAIN sweep.yaml out.json``: no Ray, no MLflow.
 PLAIN = r"""
 import json, sys, time
 t0 = time.monotonic()
 from gmlp_ablate.sweep import load_sweep
 from gmlp_ablate.train import train
-sweep = load_sweep(sys.argv[1])
 rows = []
-for t in sweep.trials:
+for t in load_sweep(sys.argv[1]).trials:
     t.config.train.threads = 1
-    final = train(t.config)
-    rows.append({k: final[k] for k in ("time/total_s", "perf/train_time_s", "perf/tokens_per_s_mean")})
-json.dump({"rows": rows, "wall": time.monotonic() - t0}, open(sys.argv[2], "w"))
+    rows.append(train(t.config)["time/total_s"])
+json.dump({"totals": rows, "wall": time.monotonic() - t0}, open(sys.argv[2], "w"))
 """
 
 
-def sweep_yaml(steps: int, cache: Path) -> Dict[str, Any]:
+def sweep_yaml(name: str, steps: int, cache: Path) -> Dict[str, Any]:
     return {
-        "name": "sweep_overhead",
-        "description": "8 trials of ~30 s on one CPU each",
+        "name": name,
+        "description": f"8 trials of {steps} steps on one CPU each",
         "base": {
             "task": {"name": "charlm", "seq_len": 128, "val_tokens": 16384, "corpus_bytes": 2_000_000,
                      "cache_dir": str(cache)},
             "model": {"arch": "gmlp", "dim": 64, "depth": 2, "ff_mult": 4},
             "train": {"steps": steps, "batch_size": 16, "lr": 2.0e-3, "eval_every": max(steps // 4, 1),
-                      "log_every": 50, "warmup_steps": 50},
+                      "log_every": max(1, min(50, steps // 4)), "warmup_steps": min(50, steps // 4)},
         },
         "grid": {"model.sgu_split": [True, False]},
         "seeds": [0, 1, 2, 3],
@@ -104,21 +216,138 @@ def sweep_yaml(steps: int, cache: Path) -> Dict[str, Any]:
     }
 
 
-def mlflow_trials(uri: str) -> List[Dict[str, float]]:
+def tiny_yaml(n: int) -> Dict[str, Any]:
+    return {
+        "name": f"memory_{n}",
+        "base": {"task": {"name": "mqar", "num_kv_pairs": 2, "seq_len": 16, "num_val": 64},
+                 "model": {"dim": 16, "depth": 1},
+                 "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "log_every": 5, "warmup_steps": 2}},
+        "grid": {"model.sgu_split": [True]},
+        "seeds": list(range(n)),
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+
+
+def load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def trial_totals(uri: str, name: str) -> List[float]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("sweep_overhead")
-    runs = client.search_runs([exp.experiment_id], "tags.`gmlp_ablate.role` = 'trial'", max_results=100)
-    return [{"run_id": r.info.run_id, "status": r.info.status, **r.data.metrics} for r in runs]
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], "tags.`gmlp_ablate.role` = 'trial'", max_results=1000)
+    assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    return [r.data.metrics.get("time/total_s", 0.0) for r in runs]
+
+
+def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str]) -> Dict[str, Any]:
+    uri = f"sqlite:///{work / (name + '.db')}"
+    stats_path = work / f"{name}.ours.json"
+    before = load()
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(stats_path), str(sweep_path), "--tracking-uri", uri,
+                           "--storage", str(work / "ray_results"), "--num-cpus", str(cores)],
+                          env=env, cwd=work, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    (work / f"{name}.ours.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"ours failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    st = json.loads(stats_path.read_text())
+    totals = trial_totals(uri, name)
+    return {"wall": wall, "totals": totals, "stats": st, "load": f"{before} / {load()}"}
+
+
+def run_hand(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str]) -> Dict[str, Any]:
+    uri = f"sqlite:///{work / (name + '.hand.db')}"
+    out = work / f"{name}.hand.json"
+    before = load()
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", HAND, str(sweep_path), uri, str(work / "ray_results_hand"),
+                           str(cores), str(out)], env=env, cwd=work, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    (work / f"{name}.hand.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"hand-written failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    st = json.loads(out.read_text())
+    return {"wall": wall, "totals": st["totals"], "starts": st["starts"], "ends": st["ends"],
+            "load": f"{before} / {load()}"}
+
+
+def phases(r: Dict[str, Any]) -> List[tuple]:
+    """(phase, seconds, note) of ours, from the wrapped functions' times."""
+    st, wall = r["stats"], r["wall"]
+    ph: Dict[str, tuple] = {}
+    for name, a, b in st["phases"]:
+        ph.setdefault(name, (a, b))  # the first call of each
+    ev = st["events"]
+    starts = [t for e, t in ev if e == "on_trial_start"]
+    results = [t for e, t in ev if e == "on_trial_result"]
+    ends = [t for e, t in ev if e == "on_trial_complete"]
+    tune_run = ph.get("Tune run (first trial start .. last trial end inside)", (0, 0))
+    workers = sorted(st["workers"].values())
+    first_pid = st.get("first_pid")
+    first_worker = st["workers"].get(first_pid) if first_pid else None
+    rows = [(name, b - a, f"{a:.2f} -> {b:.2f}") for name, (a, b) in ph.items() if not name.startswith("Tune")]
+    rows += [
+        ("Tune set-up until the first trial starts", min(starts) - tune_run[0], f"{tune_run[0]:.2f} -> {min(starts):.2f}"),
+        ("first trial start -> its first result (worker: torch, task, model)", min(results) - min(starts),
+         (f"its worker process started at {first_worker:.2f}" if first_worker is not None else "")
+         + (f"; first worker process at {workers[0]:.2f}" if workers else "")),
+        ("last trial ends -> Tune returns", tune_run[1] - max(ends), ""),
+        ("process exit after the last phase", wall - max(b for _, _, b in st["phases"]), "interpreter exit"),
+    ]
+    order = {n: i for i, n in enumerate(["validated"])}
+    rows.sort(key=lambda r: (order.get(r[0], 1), float(r[2].split(" -> ")[0]) if " -> " in r[2] else 1e9))
+    return rows
+
+
+def summarize(label: str, steps: int, cores: int, ours: Dict[str, Any], hand: Optional[Dict[str, Any]]) -> List[str]:
+    st = ours["stats"]
+    ev = st["events"]
+    starts = [t for e, t in ev if e == "on_trial_start"]
+    results = [t for e, t in ev if e == "on_trial_result"]
+    ends = [t for e, t in ev if e == "on_trial_complete"]
+    eff = sum(ours["totals"]) / (cores * ours["wall"])
+    lines = [f"\n### {label}: 8 trials x {steps} steps (mean trial {sum(ours['totals']) / len(ours['totals']):.1f} s)\n",
+             "| | ours | hand-written | ratio |", "|---|---|---|---|"]
+    h_eff = sum(hand["totals"]) / (cores * hand["wall"]) if hand else None
+    lines.append(f"| efficiency sum(time/total_s) / ({cores} x wall) | **{eff:.2f}** | "
+                 + (f"{h_eff:.2f} | {eff / h_eff:.2f} |" if hand else "- | - |"))
+    lines.append(f"| wall of the process (s) | {ours['wall']:.1f} | " + (f"{hand['wall']:.1f} | |" if hand else "- | |"))
+    lines.append(f"| sum of trial time/total_s (s) | {sum(ours['totals']):.1f} | "
+                 + (f"{sum(hand['totals']):.1f} | |" if hand else "- | |"))
+    lines.append(f"| process start -> first trial starts (s) | {min(starts):.1f} | "
+                 + (f"{min(hand['starts']):.1f} | |" if hand else "- | |"))
+    lines.append(f"| process start -> first result (s) | {min(results):.1f} | - | |")
+    lines.append(f"| last trial ends -> process exit (s) | {ours['wall'] - max(ends):.1f} | "
+                 + (f"{hand['wall'] - max(hand['ends']):.1f} | |" if hand else "- | |"))
+    lines.append(f"| CPU time of the driver process (s) | {st['cpu_driver']:.1f} | - | |")
+    lines.append(f"| load (1, 5, 15 min) before / after | {ours['load']} | " + (f"{hand['load']} | |" if hand else "- | |"))
+    lines += ["", "Ours, phase by phase (seconds from process start; the store thread and Ray's start overlap):", "",
+              "| phase | s | when |", "|---|---|---|"]
+    lines += [f"| {n} | {s:.2f} | {w} |" for n, s, w in phases(ours)]
+    track = sum(c[1] for c in st["calls"].values())
+    top = sorted(st["calls"].items(), key=lambda kv: -kv[1][1])[:5]
+    share = [st["per_run"].get(rid, 0.0) for rid in st["per_run"]]
+    lines.append(f"\nTracker calls (all MLflow I/O of the driver): {track:.2f} s in all; "
+                 + ", ".join(f"{k} {v[0]}x {v[1]:.2f}s" for k, v in top)
+                 + (f"; per trial run {max(share):.2f} s max" if share else ""))
+    return lines
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=900, help="steps per trial (about 30 s on one core here)")
-    p.add_argument("--cores", type=int, default=2, help="CPUs given to the local Ray instance")
-    p.add_argument("--out", default=None, help="keep the store and logs here (default: a temp folder)")
-    p.add_argument("--skip-plain", action="store_true", help="skip (b), the plain sequential loop")
+    p.add_argument("--steps", type=int, default=900, help="steps of a long trial (about 25 s on one core here)")
+    p.add_argument("--short-steps", type=int, default=90, help="steps of a short trial (about 3 s)")
+    p.add_argument("--cores", type=int, default=2, help="CPUs given to each Ray instance")
+    p.add_argument("--out", default=None, help="keep stores, logs and stats here (default: a temp folder)")
+    p.add_argument("--skip-hand", action="store_true", help="run only ours")
+    p.add_argument("--skip-long", action="store_true")
+    p.add_argument("--skip-short", action="store_true")
+    p.add_argument("--no-memory", action="store_true", help="skip the 10- and 100-trial memory runs")
+    p.add_argument("--plain", action="store_true", help="also the 8 trials in a plain loop (no Ray, no MLflow)")
     args = p.parse_args()
 
     import yaml
@@ -128,88 +357,50 @@ def main() -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
-    sweep_path = work / "sweep.yaml"
-    sweep_path.write_text(yaml.safe_dump(sweep_yaml(args.steps, cache)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="so", dir="/tmp")
-    # Build the corpus cache once, so no variant pays for tokenising it.
-    subprocess.run([sys.executable, "-c", "import sys; from gmlp_ablate.sweep import load_sweep; "
-                    "from gmlp_ablate.tasks import build_task; t = load_sweep(sys.argv[1]).trials[0]; "
-                    "build_task(t.config.task, 0)", str(sweep_path)], check=True, env=env, cwd=work)
-
-    # (a) the runner
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    stats_path = work / "driver_stats.json"
-    load0 = os.getloadavg()[0]
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(stats_path), str(sweep_path), "--tracking-uri", uri,
-                           "--storage", str(work / "ray_results"), "--num-cpus", str(args.cores)],
-                          env=env, cwd=work, capture_output=True, text=True)
-    wall_a = time.monotonic() - t0
-    (work / "driver.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        return 1
-    stats = json.loads(stats_path.read_text())
-    trials = mlflow_trials(uri)
-    assert len(trials) == 8 and all(t["status"] == "FINISHED" for t in trials), trials
-    sum_total = sum(t["time/total_s"] for t in trials)
-    sum_train = sum(t["perf/train_time_s"] for t in trials)
-    tps_a = sum(t["perf/tokens_per_s_mean"] for t in trials) / len(trials)
-    starts = [t for e, t in stats["events"] if e == "trial_start"]
-    ends = [t for e, t in stats["events"] if e == "trial_end"]
-    track_total = sum(c[1] for c in stats["calls"].values())
-    per_trial_track = [stats["per_run"].get(t["run_id"], 0.0) for t in trials]
-    per_trial_share = [s / t["time/total_s"] for s, t in zip(per_trial_track, trials)]
-
-    # (b) the plain loop
-    plain = None
-    if not args.skip_plain:
-        t0 = time.monotonic()
-        subprocess.run([sys.executable, "-c", PLAIN, str(sweep_path), str(work / "plain.json")], check=True,
-                       env=env, cwd=work)
-        wall_b = time.monotonic() - t0
-        plain = json.loads((work / "plain.json").read_text())
-        plain["wall_process"] = wall_b
-    load1 = os.getloadavg()[0]
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-
-    c = args.cores
-    rows = [
-        ("trials x steps", f"8 x {args.steps} (charlm gMLP dim 64 depth 2, 1 CPU each)", ""),
-        ("(a) wall of `python -m gmlp_ablate.run`", f"{wall_a:.1f} s", f"{c} cores"),
-        ("(a) sum of trial time/total_s", f"{sum_total:.1f} s", f"mean {sum_total / 8:.1f} s"),
-        ("(a) sum of trial perf/train_time_s", f"{sum_train:.1f} s", "training steps only"),
-        ("(a) efficiency sum(time/total_s) / (cores x wall)", f"{sum_total / (c * wall_a):.1%}", "target >= 85%"),
-        ("(a) efficiency sum(train_time_s) / (cores x wall)", f"{sum_train / (c * wall_a):.1%}", ""),
-        ("(a) start-up: process start -> first trial starts", f"{min(starts):.1f} s", "imports, MLflow, Ray, Tune"),
-        ("(a) shut-down: last trial ends -> process exits", f"{wall_a - max(ends):.1f} s",
-         "summary, ray.shutdown, interpreter exit"),
-        ("(a) mean tokens/s per trial", f"{tps_a:,.0f}", f"{c} trials at once"),
-        ("(a) CPU time: driver process", f"{stats['cpu_driver']:.1f} s", "imports, Tune loop, MLflow writes"),
-        ("(c) driver time in Tracker calls, total", f"{track_total:.2f} s",
-         ", ".join(f"{k} {v[0]}x {v[1]:.2f}s" for k, v in sorted(stats["calls"].items(), key=lambda kv: -kv[1][1])[:4])),
-        ("(c) logging time per trial / trial time", f"{max(per_trial_share):.2%} max, "
-         f"{sum(per_trial_share) / len(per_trial_share):.2%} mean", "target < 5%"),
-    ]
-    if plain is not None:
-        sum_b = sum(r["time/total_s"] for r in plain["rows"])
-        tps_b = sum(r["perf/tokens_per_s_mean"] for r in plain["rows"]) / len(plain["rows"])
-        rows += [
-            ("(b) plain loop, sequential, wall", f"{plain['wall_process']:.1f} s", "1 core, no Ray, no MLflow"),
-            ("(b) sum of trial time/total_s", f"{sum_b:.1f} s", ""),
-            ("(b) ideal wall on the cores: sum / cores", f"{sum_b / c:.1f} s", ""),
-            ("(a) wall / (b) ideal wall", f"{wall_a / (sum_b / c):.2f}", "1.00 = no overhead at all"),
-            ("(b) mean tokens/s per trial", f"{tps_b:,.0f}", f"(a)/(b) = {tps_a / tps_b:.2f} (2 at once vs alone)"),
-        ]
-    rows.append(("load average (1 min) before / after", f"{load0:.2f} / {load1:.2f}", f"{os.cpu_count()} CPUs"))
-    w = max(len(r[0]) for r in rows)
-    print(f"\n| {'measure':<{w}} | value | note |\n|{'-' * (w + 2)}|---|---|")
-    for r in rows:
-        print(f"| {r[0]:<{w}} | {r[1]} | {r[2]} |")
-    if max(load0, load1) > c + 0.5:
-        print(f"\nwarning: the load average reached {max(load0, load1):.1f} on {c} cores: other work shared the "
-              "machine, so these numbers are pessimistic; rerun when it is quiet")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    lengths = [(lbl, s) for lbl, s, skip in (("long", args.steps, args.skip_long), ("short", args.short_steps,
+                                                                                      args.skip_short)) if not skip]
+    paths = {}
+    for lbl, steps in lengths:
+        paths[lbl] = work / f"{lbl}.yaml"
+        paths[lbl].write_text(yaml.safe_dump(sweep_yaml(f"overhead_{lbl}", steps, cache)))
+    out: List[str] = [f"# sweep overhead ({os.cpu_count()} CPUs on the machine, {args.cores} given to Ray)"]
+    if lengths:  # the corpus cache is built once, so no variant pays for tokenising it
+        subprocess.run([sys.executable, "-c", "import sys; from gmlp_ablate.sweep import load_sweep; "
+                        "from gmlp_ablate.tasks import build_task; t = load_sweep(sys.argv[1]).trials[0]; "
+                        "build_task(t.config.task, 0)", str(paths[lengths[0][0]])], check=True, env=env, cwd=work)
+    try:
+        for lbl, steps in lengths:
+            ours = run_ours(work, paths[lbl], f"overhead_{lbl}", args.cores, env)
+            hand = None if args.skip_hand else run_hand(work, paths[lbl], f"overhead_{lbl}", args.cores, env)
+            out += summarize(lbl, steps, args.cores, ours, hand)
+            print("\n".join(out), flush=True)
+            out = []
+            if args.plain:
+                subprocess.run([sys.executable, "-c", PLAIN, str(paths[lbl]), str(work / f"{lbl}.plain.json")],
+                               check=True, env=env, cwd=work)
+                pl = json.loads((work / f"{lbl}.plain.json").read_text())
+                out.append(f"\nplain loop, one after another, no Ray, no MLflow: wall {pl['wall']:.1f} s, "
+                           f"sum of time/total_s {sum(pl['totals']):.1f} s (ideal wall on {args.cores} cores: "
+                           f"{sum(pl['totals']) / args.cores:.1f} s; ours / ideal = "
+                           f"{ours['wall'] / (sum(pl['totals']) / args.cores):.2f}); {load()}")
+                print(out.pop(), flush=True)
+        if not args.no_memory:
+            out += ["\n### Memory: tiny trials (mqar, 20 steps), ours\n",
+                    "| trials | driver RSS when the trials are done (MB) | driver peak RSS (MB) | "
+                    "peak RSS of one worker (MB) | wall (s) | load before / after |", "|---|---|---|---|---|---|"]
+            for n in (10, 100):
+                path = work / f"memory_{n}.yaml"
+                path.write_text(yaml.safe_dump(tiny_yaml(n)))
+                r = run_ours(work, path, f"memory_{n}", args.cores, env)
+                st = r["stats"]
+                out.append(f"| {n} | {st['driver_rss_after_trials'] / 2**20:.0f} | {st['driver_peak_rss'] / 2**20:.0f} | "
+                           f"{st['worker_rss'] / 2**20:.0f} | {r['wall']:.1f} | {r['load']} |")
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    print("\n".join(out))
     print(f"\nfiles: {work}")
     return 0
 

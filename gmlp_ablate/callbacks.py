@@ -138,20 +138,17 @@ class MLflowMirror(Callback):
     def on_trial_result(self, iteration: int, trials: List[Any], trial: Any, result: Dict[str, Any], **info: Any) -> None:
         e = self.ledger[_key(trial)]
         up = self.ledger.result(e.key, result)
-        if up.tags:
-            self.tracker.set_tags(e.run_id, up.tags)
-        if up.metrics:
-            self.tracker.log_metrics(e.run_id, up.metrics, up.step)
+        if up.tags or up.metrics:  # one write per result
+            self.tracker.log_metrics(e.run_id, up.metrics, up.step, tags=up.tags)
 
     def on_trial_complete(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
         e = self.ledger[_key(trial)]
         status, final = self.ledger.complete(e.key)
-        if final:
-            self.tracker.log_metrics(e.run_id, final, e.steps)
-        elif status == FINISHED:  # ended by the stage's scheduler before its last step
-            self.tracker.set_tags(e.run_id, {TAG_STOPPED_AT: str(max(e.last_step, 0))})
+        stopped = {TAG_STOPPED_AT: str(max(e.last_step, 0))} if not final and status == FINISHED else None
+        # ``stopped``: ended by the stage's scheduler before its last step. One write, then the status.
         self.tracker.end_trial(e.run_id, status, error=e.error if status == FAILED else None,
-                               failure=e.failure if status == FAILED else None)
+                               failure=e.failure if status == FAILED else None, metrics=final, step=e.steps,
+                               tags=stopped)
         if status == FINISHED:  # its checkpoint is of no further use; a --rerun starts afresh
             shutil.rmtree(self.checkpoint_dir(e.key), ignore_errors=True)
         self.claims.release(e.key)

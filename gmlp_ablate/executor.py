@@ -69,8 +69,8 @@ class TuneExecutor:
             return
         self.calls += 1
         self.ledger.best = None  # the progress lines' best is per stage, on what that stage reads
-        tune, metric = self.sweep.config.tune, self.sweep.config.metric
-        self.ledger.metric, self.ledger.mode = ((tune.select, tune.mode) if stage == STAGE_TUNE and tune
+        tuning, metric = self.sweep.config.tune, self.sweep.config.metric
+        self.ledger.metric, self.ledger.mode = ((tuning.select, tuning.mode) if stage == STAGE_TUNE and tuning
                                                 else (metric.name, metric.mode))
         for t in todo:
             self.ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)

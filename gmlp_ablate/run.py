@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from gmlp_ablate.names import path_component
+from gmlp_ablate.names import INFO_PREFIX, path_component
 from gmlp_ablate.preflight import check_address, check_local_resources, check_storage, gpu_per_trial
 from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.sweep import MAX_TRIALS, Sweep, Trial, load_sweep
@@ -41,24 +41,35 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # --------------------------------------------------------------------------------------
 
 
+INFO_GPU_IDS = "gpu_ids"
+"""Trial tag (an ``info.`` key of its first report): the GPU ids Ray assigned the trial."""
+
+
 def run_trial(config: Dict[str, Any]) -> None:
     """Tune function trainable: one trial, resumed from the checkpoint in its key's folder.
 
     The trainer writes its checkpoint (atomically) to ``checkpoint_dir`` at each evaluation;
-    a retry, or a later invocation after the driver died, continues from it.
+    a retry, or a later invocation after the driver died, continues from it. The GPU ids Ray
+    assigned the trial are checked against what CUDA sees (a trial holding a GPU never trains
+    on the CPU by accident) and recorded as the ``gpu_ids`` tag.
     """
+    import ray
     from ray import tune
 
-    from gmlp_ablate.train import CHECKPOINT_FILE, NonFiniteLossError, train
+    from gmlp_ablate.train import CHECKPOINT_FILE, NonFiniteLossError, check_assigned_gpus, train
 
     cfg = merge_trial(config["trial"]["config"])
     if not cfg.train.threads:
         cfg.train.threads = max(1, int(config["cpu"]))
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    check_assigned_gpus(cfg.train.device, gpu_ids)
     ckdir = config["trial"]["checkpoint_dir"]
     resume = ckdir if os.path.exists(os.path.join(ckdir, CHECKPOINT_FILE)) else None
+    first = {f"{INFO_PREFIX}{INFO_GPU_IDS}": ",".join(gpu_ids)} if gpu_ids else {}
 
     def report(metrics: Dict[str, Any], step: int, checkpoint: Optional[str]) -> None:
-        tune.report({**metrics, "step": step})
+        tune.report({**metrics, **first, "step": step})
+        first.clear()
 
     try:
         final = train(cfg, report=report, checkpoint_dir=ckdir, resume_from=resume)
@@ -67,6 +78,18 @@ def run_trial(config: Dict[str, Any]) -> None:
         tune.report({"step": e.step, "nonfinite_step": e.step, "error": str(e)})
         return
     tune.report({**final, "step": cfg.train.steps, "final": 1})
+
+
+def warm_worker() -> None:
+    """Ray's ``worker_process_setup_hook`` for a sweep's workers: import what a trial needs
+    (Tune's trainable, torch, the trainer) when the process starts, so the workers Ray starts
+    with the instance are ready while the driver opens its store and run. In the process's
+    own thread: importing Ray Tune from two threads at once fails on its circular imports."""
+    try:
+        import ray.tune  # noqa: F401  (what unpickling the trainable needs first)
+        import gmlp_ablate.train  # noqa: F401  (torch, the models and tasks)
+    except BaseException:  # the trial's own import reports any problem
+        pass
 
 
 def absolute_paths(sweep: Sweep) -> None:
@@ -253,7 +276,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     args = parse_args(argv)
     command = "python -m gmlp_ablate.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    from gmlp_ablate.tracking import Tracker, TrackingError, check_uri, finished_keys_readonly  # MLflow: on first use
+    from gmlp_ablate.tracking import (Tracker, TrackingError, check_uri, check_writable,  # MLflow: on first use
+                                      finished_keys_readonly, one_line, sqlite_path, store_failure)
 
     try:  # every check that needs neither Ray nor MLflow, so bad input fails fast and creates nothing
         for name, value, low in (("--max-concurrent", args.max_concurrent, 1), ("--retries", args.retries, 0),
@@ -282,20 +306,30 @@ def _main(argv: Optional[List[str]]) -> int:
         _print_plan(sweep)
         return EXIT_OK
     tracker = Tracker(uri)
-    try:
-        tracker.check()
-        experiment_id = tracker.experiment_id(sweep.name)
+    try:  # a server answers (or not) in a moment: known before anything starts; a sqlite
+        check_writable(uri)  # store is opened (created, migrated) while Ray starts, below
+        if sqlite_path(uri) is None:
+            tracker.check()
     except TrackingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from gmlp_ablate.claims import close_stale
-    from gmlp_ablate.tracking import one_line, store_failure
-
+    opening = StoreOpening(tracker, sweep.name, args.rerun)
+    opening.start()
+    reaper, ray_failure, ray_started = None, None, False
+    if sqlite_path(uri) is not None and _may_run(sweep, uri, args.rerun):
+        try:  # concurrently with the store's opening
+            reaper, ray_started = _start_ray(args), True
+        except Exception as e:
+            ray_failure = e
     try:
-        closed = close_stale(tracker, experiment_id)
-        done = {} if args.rerun else tracker.finished_keys(experiment_id)
+        experiment_id, closed, done = opening.result()
     except Exception as e:
+        if ray_started:
+            _shutdown_ray(reaper)
+        if isinstance(e, TrackingError):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(f"error: {store_failure(e, uri) or f'{type(e).__name__}: {one_line(e)}'}", file=sys.stderr)
         return EXIT_FAILED
     if closed:
@@ -308,82 +342,141 @@ def _main(argv: Optional[List[str]]) -> int:
         if done:
             print(f"skipping {len(sweep.trials) - len(todo)} trial(s) already FINISHED in {tracker.uri}")
     if not todo and not _staged(sweep):
+        if ray_started:
+            _shutdown_ray(reaper)
         print("nothing to run: every trial has a finished run (use --rerun to run them again)")
         print_summary(tracker, experiment_id, sweep)
         _print_next_steps(tracker.uri, sweep.name)
         return EXIT_OK
+    if not ray_started and ray_failure is None:
+        try:  # not started above (a server's store, or a store that looked done)
+            reaper, ray_started = _start_ray(args), True
+        except Exception as e:
+            ray_failure = e
+    if ray_failure is not None:
+        print(f"error: {_ray_error(args.address, ray_failure)}", file=sys.stderr)
+        return EXIT_FAILED
 
     from gmlp_ablate.ledger import Ledger
 
     ledger = Ledger(sweep.config.metric.name, sweep.config.metric.mode)
     stop = StopFlag(ledger)
-    stop.install()
+    stop.install()  # after ray.init, which replaces the SIGTERM handler
     try:
         return _run_sweep(args, sweep, todo, len(sweep.trials) - len(todo), tracker, experiment_id, command, stop,
-                          ledger)
+                          ledger, reaper)
     finally:
         stop.restore()
 
 
+class StoreOpening:
+    """The store's side of a sweep's start, in a thread (Ray starts meanwhile): check (and,
+    for a new sqlite file, create and migrate) the store, find or create the experiment,
+    close the runs dead drivers left RUNNING, read which trial keys are FINISHED."""
+
+    def __init__(self, tracker: Any, name: str, rerun: bool) -> None:
+        import threading
+
+        self.tracker, self.name, self.rerun = tracker, name, rerun
+        self._out: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._open, name="gmlp_ablate-store", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            from gmlp_ablate.claims import close_stale
+
+            self.tracker.check()
+            experiment_id = self.tracker.experiment_id(self.name)
+            closed = close_stale(self.tracker, experiment_id)
+            done = {} if self.rerun else self.tracker.finished_keys(experiment_id)
+            self._out = (experiment_id, closed, done)
+        except BaseException as e:
+            self._error = e
+
+    def result(self) -> Any:
+        """(experiment id, runs closed, finished keys); raises what the thread raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+
+def _may_run(sweep: Sweep, uri: str, rerun: bool) -> bool:
+    """Whether the sweep may have trials to run, from a read-only look at a sqlite store (no
+    MLflow): when every trial is already FINISHED there, Ray is not started."""
+    if rerun or _staged(sweep):
+        return True
+    from gmlp_ablate.tracking import finished_keys_readonly
+
+    try:
+        done = finished_keys_readonly(uri, sweep.name)
+    except Exception:
+        return True
+    return done is None or any(t.key not in done for t in sweep.trials)
+
+
 def _run_sweep(args: argparse.Namespace, sweep: Sweep, todo: List[Trial], n_skip: int, tracker: Any,
-               experiment_id: str, command: str, stop: StopFlag, ledger: Any) -> int:
-    """Start Ray, open the parent run, run the trials, close every run; returns the exit code."""
+               experiment_id: str, command: str, stop: StopFlag, ledger: Any, reaper: Any) -> int:
+    """Open the parent run, run the trials on the started Ray, close every run, print the
+    summary, then stop Ray; returns the exit code."""
     from gmlp_ablate import liveness
+    from gmlp_ablate.callbacks import PendingTimeout, SweepInterrupted  # imports Ray: after its set-up
     from gmlp_ablate.claims import Claims
+    from gmlp_ablate.executor import TuneExecutor
     from gmlp_ablate.tracking import one_line, store_failure
 
-    reaper, store_down = None, None
+    status, driver_ok, executor, parent_id, claims, store_down = "FAILED", False, None, None, None, None
     try:
-        reaper = _start_ray(args)
-        stop.install()  # ray.init replaced the SIGTERM handler
-    except Exception as e:
-        print(f"error: {_ray_error(args.address, e)}", file=sys.stderr)
-        return EXIT_FAILED
-    from gmlp_ablate.callbacks import PendingTimeout, SweepInterrupted  # imports Ray: after its set-up
-    from gmlp_ablate.executor import TuneExecutor
+        try:
+            parent_id = tracker.start_parent(experiment_id, sweep, command, liveness.identity())
+            claims = Claims(tracker, experiment_id, parent_id)
+            executor = TuneExecutor(args, sweep, tracker, experiment_id, parent_id, claims, ledger, stop, run_trial,
+                                    checkpoint_root(args.storage, sweep.name))
+            if _staged(sweep):
+                from gmlp_ablate.stages import run_stages
 
-    status, driver_ok, executor, parent_id = "FAILED", False, None, None
-    try:
-        parent_id = tracker.start_parent(experiment_id, sweep, command, liveness.identity())
-        claims = Claims(tracker, experiment_id, parent_id)
-        executor = TuneExecutor(args, sweep, tracker, experiment_id, parent_id, claims, ledger, stop, run_trial,
-                                checkpoint_root(args.storage, sweep.name))
-        if _staged(sweep):
-            from gmlp_ablate.stages import run_stages
+                run_stages(sweep, executor)
+            else:
+                executor.run(todo)
+            status = "FINISHED" if not ledger.failed() else "FAILED"
+            driver_ok = True
+        except (SweepInterrupted, KeyboardInterrupt):
+            status = "KILLED"
+            print(f"interrupted ({stop.signal or 'SIGINT'}): the trials that were running are KILLED in MLflow; "
+                  "run the same command again to run what is missing", file=sys.stderr)
+        except PendingTimeout as e:
+            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:  # the driver itself failed (e.g. the tracking server went away)
+            store_down = store_failure(e, tracker.uri)
+            print(f"error: {store_down}; the next run of this sweep closes the runs left open" if store_down else
+                  f"error: the sweep driver failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+        finally:
+            # Tune has stopped every trial by now: the runs are closed first (what the user
+            # reads), Ray is stopped last.
+            if parent_id is not None and not store_down:  # a store known to be gone is not waited on
+                _close_runs(tracker, parent_id, ledger, claims, status, n_skip)
+        if not driver_ok:
+            return EXIT_INTERRUPTED if status == "KILLED" else EXIT_FAILED
 
-            run_stages(sweep, executor)
-        else:
-            executor.run(todo)
-        status = "FINISHED" if not ledger.failed() else "FAILED"
-        driver_ok = True
-    except (SweepInterrupted, KeyboardInterrupt):
-        status = "KILLED"
-        print(f"interrupted ({stop.signal or 'SIGINT'}): the trials that were running are KILLED in MLflow; "
-              "run the same command again to run what is missing", file=sys.stderr)
-    except PendingTimeout as e:
-        print(f"error: {e}", file=sys.stderr)
-    except Exception as e:  # the driver itself failed (e.g. the tracking server went away)
-        store_down = store_failure(e, tracker.uri)
-        print(f"error: {store_down}; the next run of this sweep closes the runs left open" if store_down else
-              f"error: the sweep driver failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+        failed = ledger.failed()
+        print_summary(tracker, experiment_id, sweep,
+                      executor.final if executor is not None and executor.final else None)
+        if executor is not None and executor.elsewhere:
+            print(f"\n{len(executor.elsewhere)} trial(s) left to another live driver of this sweep: "
+                  + ", ".join(f"{t.arm} seed={t.seed}" for t in executor.elsewhere))
+        if failed:
+            print(f"\n{len(failed)} trial(s) failed:")
+            for e in failed:
+                print(f"  {e.label} ({e.key}): {e.failure or 'not run'}: {e.error or ''}"[:300])
+        _print_next_steps(tracker.uri, sweep.name)
+        return EXIT_FAILED if failed else EXIT_OK
     finally:
+        sys.stdout.flush()
         _shutdown_ray(reaper)
-        if parent_id is not None and not store_down:  # a store known to be gone is not waited on
-            _close_runs(tracker, parent_id, ledger, claims, status, n_skip)
-    if not driver_ok:
-        return EXIT_INTERRUPTED if status == "KILLED" else EXIT_FAILED
-
-    failed = ledger.failed()
-    print_summary(tracker, experiment_id, sweep, executor.final if executor is not None and executor.final else None)
-    if executor is not None and executor.elsewhere:
-        print(f"\n{len(executor.elsewhere)} trial(s) left to another live driver of this sweep: "
-              + ", ".join(f"{t.arm} seed={t.seed}" for t in executor.elsewhere))
-    if failed:
-        print(f"\n{len(failed)} trial(s) failed:")
-        for e in failed:
-            print(f"  {e.label} ({e.key}): {e.failure or 'not run'}: {e.error or ''}"[:300])
-    _print_next_steps(tracker.uri, sweep.name)
-    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _close_runs(tracker: Any, parent_id: str, ledger: Any, claims: Any, status: str, n_skip: int) -> None:
@@ -428,7 +521,8 @@ def _start_ray(args: argparse.Namespace) -> Any:
 
     reaper = None
     init_kwargs: Dict[str, Any] = dict(address=args.address or "local", logging_level=logging.WARNING,
-                                       log_to_driver=False, configure_logging=True)
+                                       log_to_driver=False, configure_logging=True,
+                                       runtime_env={"worker_process_setup_hook": "gmlp_ablate.run.warm_worker"})
     if not args.address:
         from gmlp_ablate import reaper as reaper_mod
 
@@ -442,7 +536,13 @@ def _start_ray(args: argparse.Namespace) -> Any:
     return reaper
 
 
+_EXIT_AT_ONCE = False
+"""Set by :func:`cli`: the process exits as soon as the sweep is done (see there)."""
+
+
 def _shutdown_ray(reaper: Any) -> None:
+    if _EXIT_AT_ONCE and reaper is not None:
+        return  # a local instance: the process exits next and its reaper takes the instance down
     import ray
 
     ray.shutdown()
@@ -459,5 +559,18 @@ def _ray_error(address: Optional[str], e: Exception) -> str:
     return msg
 
 
+def cli() -> None:
+    """``python -m gmlp_ablate.run``: :func:`main`, then exit at once. By then every run is
+    closed and the summary printed; what an orderly interpreter exit would still wait for
+    (stopping a local Ray instance, which the reaper does when this process is gone, and the
+    exit handlers of Ray, MLflow and their threads) is of use to nobody."""
+    global _EXIT_AT_ONCE
+    _EXIT_AT_ONCE = True
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

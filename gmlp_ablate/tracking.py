@@ -415,26 +415,30 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
-        """Log many metrics at one step in one call."""
-        from mlflow.entities import Metric
+    def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int,
+                    tags: Optional[Dict[str, Any]] = None) -> None:
+        """Log many metrics at one step (and ``tags``) in one write."""
+        from mlflow.entities import Metric, RunTag
 
         ts = _now_ms()
-        self._batch(run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
+        self._batch(run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()],
+                    tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
         self._log(run_id, tags=tags)
 
     def end_trial(self, run_id: str, status: str = "FINISHED", error: Optional[str] = None,
-                  failure: Optional[str] = None) -> None:
-        """Close a trial run; a failed one carries its reason in tags."""
-        extra: Dict[str, str] = {}
+                  failure: Optional[str] = None, metrics: Optional[Dict[str, float]] = None, step: int = 0,
+                  tags: Optional[Dict[str, Any]] = None) -> None:
+        """Close a trial run, with its last ``metrics`` (at ``step``) and ``tags`` in the same
+        write; a failed one carries its reason in tags."""
+        extra: Dict[str, Any] = dict(tags or {})
         if error is not None:
             extra[TAG_ERROR] = one_line(error)[:4900]
         if failure is not None:
             extra[TAG_FAILURE] = failure
-        if extra:
-            self._log(run_id, tags=extra)
+        if metrics or extra:
+            self.log_metrics(run_id, metrics or {}, step, tags=extra)
         self.end_run(run_id, status)
 
     # ----------------------------------------------------------------- lookups

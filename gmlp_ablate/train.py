@@ -69,6 +69,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_assigned_gpus(name: str, gpu_ids: Any) -> None:
+    """ConfigError (``train.device``) when a scheduler assigned GPUs ``gpu_ids`` to this trial
+    and ``name`` (``auto`` or ``cuda``) would use CUDA, but CUDA sees no device: the trial
+    would otherwise train on the CPU while holding a GPU."""
+    if not gpu_ids or name not in ("auto", "cuda") or torch.cuda.is_available():
+        return
+    ids = ",".join(str(i) for i in gpu_ids)
+    raise ConfigError("train.device", f"{name}, and GPU(s) {ids} were assigned to this trial, but CUDA sees no "
+                      f"device here (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, torch "
+                      f"{torch.__version__}); install a CUDA build of torch, or set train.device=cpu")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """bf16 autocast on CUDA under ``auto``; none (fp32) elsewhere unless ``bf16`` is asked."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
