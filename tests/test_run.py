@@ -152,7 +152,10 @@ def test_trial_that_raises_is_failed_with_its_error(tmp_path, capsys):
     data.update(name="raises", seeds=[0], grid={"model.sgu_split": [True]})
     data["base"]["task"] = {"name": "charlm", "corpus": str(corpus), "val_tokens": 256, "seq_len": 16,
                             "cache_dir": str(tmp_path / "cache")}
-    data["baselines"] = {"badcache": {"task": {"cache_dir": str(corpus / "cache")}, "model": {"dim": 8}}}
+    # Its own val_tokens: data of its own to prepare, so it touches its cache even in a worker
+    # that kept the other trial's prepared data (trials of one task reuse a worker's data).
+    data["baselines"] = {"badcache": {"task": {"cache_dir": str(corpus / "cache"), "val_tokens": 128},
+                                      "model": {"dim": 8}}}
     path = _write(tmp_path / "raises.yaml", data)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = run.main([path, "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--num-cpus", "2", "--retries", "0"])
