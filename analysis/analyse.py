@@ -47,6 +47,10 @@ class Analysis:
     warnings: List[str] = field(default_factory=list)
     plan: Optional[sequential.Plan] = None
     tuning: Optional[pd.DataFrame] = None
+    tuning_edges: List[str] = field(default_factory=list)
+    """One line per arm and tuned setting whose chosen value is the edge of the values tried."""
+    tune_select: Optional[Tuple[str, str]] = None
+    """(metric, mode) the tuning stage selected on (from the parent run's declared ``tune``)."""
 
 
 def mode_for(metric: str, sweep_metric: str, sweep_mode: str) -> str:
@@ -82,6 +86,37 @@ def tuning_summary(tune: Optional[pd.DataFrame], runs: pd.DataFrame) -> Optional
                 row[k] = f"{', '.join(values(g, k))} → {', '.join(values(final, k)) or '—'}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("—")
+
+
+def tuned_keys(tune: pd.DataFrame) -> List[str]:
+    """The ``train.*`` settings a tuning stage searched (more than one value tried in some arm),
+    numeric ones only; ``train.steps`` is the tuning budget, not a searched setting."""
+    keys = []
+    for k in (k for k in tune.columns if k.startswith(TUNED_PREFIX) and k != "train.steps"):
+        vals = pd.to_numeric(tune[k], errors="coerce")
+        if vals.notna().all() and tune.assign(_v=vals).groupby("arm")["_v"].nunique().max() > 1:
+            keys.append(k)
+    return keys
+
+
+def tuning_edges(tune: Optional[pd.DataFrame], runs: pd.DataFrame) -> List[str]:
+    """Arms whose chosen setting (the final runs' value) is the smallest or largest value its
+    search tried: the classic sign of a search range that did not contain the optimum."""
+    if tune is None or tune.empty:
+        return []
+    out = []
+    for k in tuned_keys(tune):
+        for arm, g in tune.groupby("arm", sort=False):
+            tried = sorted(set(pd.to_numeric(g[k]).tolist()))
+            chosen = set(pd.to_numeric(runs.loc[runs["arm"] == arm, k], errors="coerce").dropna().tolist())
+            if len(tried) < 2 or len(chosen) != 1:
+                continue
+            (v,) = chosen
+            if v in (tried[0], tried[-1]):
+                side = "smallest" if v == tried[0] else "largest"
+                out.append(f"{arm}: `{k}` = {tables.fmt_value(v)} is the {side} value searched "
+                           f"({', '.join(tables.fmt_value(x) for x in tried)}): the best setting may lie outside the range")
+    return out
 
 
 def analyse(data: SweepData, metric: str, baseline: Optional[str] = None) -> Analysis:
@@ -122,7 +157,8 @@ def analyse(data: SweepData, metric: str, baseline: Optional[str] = None) -> Ana
     return Analysis(metric=metric, mode=mode, design=design, order=order, arm_info=info, values=values,
                     summary=summary, family=family, best_note=best_note, paper=pcols, orderings=orderings, csv=csv,
                     task=task, bounds=bounds, baseline=baseline, exploratory=exploratory, warnings=warn, plan=plan,
-                    tuning=tuning_summary(data.tune, runs))
+                    tuning=tuning_summary(data.tune, runs), tuning_edges=tuning_edges(data.tune, runs),
+                    tune_select=design_mod.tune_select(meta.params))
 
 
 def comparisons_frame(an: Analysis) -> pd.DataFrame:

@@ -144,8 +144,8 @@ def family_table(values: pd.DataFrame, pairs: Sequence[Tuple[str, str]], alpha: 
     level, which is conservative for Holm).
 
     With a sequential ``plan`` the decision is :func:`gmlp_ablate.sequential.decide` at the
-    last look reached by the seeds every comparison's two arms share (their paired
-    differences). With a declared ``solved`` outcome (an object with ``threshold``) each row
+    last look reached (by the comparison with the most paired seeds: the runner stops adding
+    seeds to a comparison once it is decided), on each comparison's paired differences. With a declared ``solved`` outcome (an object with ``threshold``) each row
     also compares the solved counts (:func:`compare_solved`; a secondary, unadjusted test)."""
     cols = ["a", "b", "test", "n_a", "n_b", "delta", "delta_lo", "delta_hi", "interval", "df", "t", "p", "effect",
             "note", "p_holm", "resolved", "decision", "seeds_needed"]
@@ -176,7 +176,10 @@ def _sequential(values: pd.DataFrame, pairs: Sequence[Tuple[str, str]], plan: se
         x, y = _series(values, a), _series(values, b)
         common = sorted(set(x.index) & set(y.index))
         diffs[f"{a}\x1f{b}"] = (x.reindex(common) - y.reindex(common)).to_numpy()
-    n = min((len(d) for d in diffs.values()), default=0)
+    # The runner adds seeds only to comparisons still open, so the last look reached is the
+    # one the most-seeded comparison reached; a comparison decided earlier keeps its shorter
+    # data, exactly as the runner's decisions saw it.
+    n = max((len(d) for d in diffs.values()), default=0)
     reached = [k for k, size in enumerate(plan.looks) if size <= n]
     if not reached:
         return [False] * len(pairs), [f"sequential: first look needs {plan.looks[0]} paired seeds"] * len(pairs)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from analysis.store import AnalysisError
 
 from gmlp_ablate.names import (  # noqa: E402  (the parent-run params the sweep loader writes)
+    P_TUNE,
     P_ALPHA,
     P_DIVERGED,
     P_FAMILY,
@@ -149,3 +150,14 @@ def read_design(params: Dict[str, str], grid_arms: Sequence[str], baseline_arms:
             raise _bad(P_DIVERGED, params[P_DIVERGED], f"must be one of {', '.join(DIVERGED_CHOICES)}")
         design.diverged = params[P_DIVERGED]
     return design
+
+
+def tune_select(params: Dict[str, str]) -> Optional[Tuple[str, str]]:
+    """(metric, mode) a declared tuning stage selected on (``sweep.tune``), or None."""
+    try:
+        tune = json.loads(params.get(P_TUNE, "null"))
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(tune, dict) or not tune.get("select"):
+        return None
+    return str(tune["select"]), str(tune.get("mode", "min"))

@@ -219,3 +219,30 @@ def plot_pareto(summary: pd.DataFrame, metric: str, mode: str, palette: Dict[str
         _legend_below(fig, axes[0], len(order) + 1)
         fig.suptitle(f"{title}: quality vs cost")
         return _save(fig, path)
+
+
+def plot_sensitivity(tune: pd.DataFrame, keys: Sequence[str], select: str, mode: str, palette: Dict[str, str],
+                     path: Path, title: str) -> Optional[Path]:
+    """The tuning stage's selection metric against each searched setting, one line per arm:
+    at each value of a setting, the best run over the other settings (the profile that
+    selection sees), so a curve still falling at the edge shows an unfinished search."""
+    if select not in tune.columns or not keys:
+        return None
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = _figure(5.0 * len(keys), 4.4)
+        axes = fig.subplots(1, len(keys), squeeze=False)[0]
+        for ax, key in zip(axes, keys):
+            for arm, g in tune.groupby("arm", sort=False):
+                x = pd.to_numeric(g[key])
+                y = pd.to_numeric(g[select], errors="coerce")
+                by = pd.DataFrame({"x": x, "y": y}).groupby("x")["y"]
+                best = (by.min() if mode == "min" else by.max()).sort_index()
+                ax.plot(best.index, best.values, "o-", color=palette.get(arm, "#333333"), label=arm)
+            vals = pd.to_numeric(tune[key])
+            if vals.min() > 0 and vals.max() / vals.min() >= 4:
+                ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"{select} (tuning runs)")
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{title}: sensitivity to the tuned settings", fontsize=10)
+        return _save(fig, path)

@@ -36,6 +36,7 @@ from analysis.labels import direction, metric_label
 from analysis.load import AnalysisError, SweepData, load_curves, load_sweep, log_report
 from gmlp_ablate.schema import did_you_mean
 
+REPO = Path(__file__).resolve().parents[1]
 SETUP_KEYS = ("task.name", "task.seq_len", "model.dim", "model.depth", "model.ff_mult", "train.steps",
               "train.batch_size", "train.lr")
 
@@ -118,6 +119,33 @@ def _commits(data: SweepData) -> List[str]:
     return lines
 
 
+MACHINE_OPTIONS = ("--storage", "--tracking-uri", "--address")
+"""Runner options whose values belong to the machine that ran the sweep, not to the sweep."""
+
+
+def portable_command(command: str) -> str:
+    """A recorded runner command as it reproduces from a fresh clone: paths inside the
+    repository made relative to it, options naming this machine's folders or servers left out."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    root = str(REPO) + "/"
+    out: List[str] = []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w in MACHINE_OPTIONS:
+            skip = True
+            continue
+        if any(w.startswith(o + "=") for o in MACHINE_OPTIONS):
+            continue
+        out.append(w[len(root):] if w.startswith(root) else w)
+    return " ".join(shlex.quote(w) for w in out)
+
+
 def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
     """Write the PNG figures into ``out``."""
     from analysis import plots  # matplotlib/seaborn load only once there is something to draw
@@ -143,6 +171,13 @@ def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
     pareto = plots.plot_pareto(an.summary, an.metric, an.mode, palette, baseline_arms, out / "pareto.png", title)
     if pareto is not None:
         files["pareto"] = pareto
+    if data.tune is not None and an.tune_select:
+        from analysis.analyse import tuned_keys
+
+        sens = plots.plot_sensitivity(data.tune, tuned_keys(data.tune), *an.tune_select, palette,
+                                      out / "sensitivity.png", title)
+        if sens is not None:
+            files["sensitivity"] = sens
     return files
 
 
@@ -272,7 +307,7 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
     ])
     doc.add("p", "Reproduce this report (in the folder that holds the MLflow store):")
     doc.add("code", command)
-    commands = list(dict.fromkeys(p["command"] for p in meta.parents if p["command"]))
+    commands = list(dict.fromkeys(portable_command(p["command"]) for p in meta.parents if p["command"]))
     if commands:
         doc.add("p", "The sweep was run with:")
         doc.add("code", "\n".join(commands))
@@ -289,7 +324,10 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
                                       align="l" * len(cols),
                                       caption="Tuning runs (stage tune) per arm: the settings tried → the value the "
                                               "final runs use. Only final runs enter the comparisons."))
-
+        if an.tuning_edges:
+            doc.add("p", "**Warning: a chosen setting is at the edge of its search range** (the search may not have "
+                         "found the arm's best setting, and the comparison may favour the arm whose range fitted better):")
+            doc.add("ul", an.tuning_edges)
     doc.add("h2", "Results")
     doc.add("table", main_table)
     doc.add("p", an.best_note[0].upper() + an.best_note[1:] + ".")
@@ -337,6 +375,8 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
         "final": f"Final {an.metric} per arm: mean and 95% interval over seeds; dots are seeds; dashed line: the reference arm's mean.",
         "heatmap": f"Mean {an.metric} per cell of the two-factor grid.",
         "pareto": f"{an.metric} vs parameters and FLOPs per token, with the Pareto front (red).",
+        "sensitivity": f"Tuning stage: {(an.tune_select or ('',))[0]} against each searched setting, one line per arm (at each value, "
+                       "the best tuning run over the other settings).",
     }
     for key, cap in captions.items():
         if key in files:

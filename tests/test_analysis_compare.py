@@ -261,3 +261,17 @@ def test_solved_counts_are_compared_by_exact_tests():
     row = compare.family_table(unpaired, [("a", "b")], 0.05, (0.0, 1.0), solved=th, mode="max").iloc[0]
     assert row["solved_test"] == "Fisher exact"
     assert row["p_solved"] == pytest.approx(sps.fisher_exact([[2, 1], [0, 4]]).pvalue)
+
+
+def test_sequential_report_reads_the_look_the_runner_reached():
+    # As the runner leaves it: "big" was decided after 3 seeds and got no more; "small" got
+    # seeds until look 3 (5 seeds). The report decides at look 3, as the runner did.
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0, 0.1, 5)
+    small = ref[:5] + 0.3 + rng.normal(0, 0.05, 5)
+    vals = _values({"ref": list(ref), "big": list(ref[:3] + 5.0), "small": list(small)})
+    plan = sequential.plan(3, 6, 0.05, "obrien-fleming", family_size=2)
+    fam = compare.family_table(vals, [("big", "ref"), ("small", "ref")], 0.05, plan=plan)
+    runner = sequential.decide(plan, {"big": np.full(3, 5.0), "small": small - ref}, 2)
+    assert fam["resolved"].tolist() == [runner["big"].status == "resolved", runner["small"].status == "resolved"]
+    assert all("look 3 of 4" in d for d in fam["decision"])

@@ -338,3 +338,22 @@ def test_curve_bands_are_clipped_to_the_metric_range_and_every_seed_is_drawn(tmp
     for low, high in filled:
         assert low.min() >= 0.0 and high.max() <= 1.0
     assert lines.count(0.6) == 2 * 3  # three seed lines in each of the two panels
+
+
+def test_recorded_commands_reproduce_from_a_fresh_clone():
+    from analysis.report import REPO, portable_command
+
+    cmd = (f"python -m gmlp_ablate.run {REPO}/sweeps/fair_baseline.yaml model.dim=64 --storage /srv/ray "
+           "--tracking-uri=sqlite:////srv/mlflow.db --address 10.0.0.1:6379 --max-concurrent 2")
+    assert portable_command(cmd) == "python -m gmlp_ablate.run sweeps/fair_baseline.yaml model.dim=64 --max-concurrent 2"
+
+
+def test_a_chosen_setting_at_the_edge_of_its_search_is_flagged():
+    from analysis.analyse import tuned_keys, tuning_edges
+
+    tune = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 3, "train.lr": [1e-3, 2e-3, 4e-3] * 2,
+                         "train.steps": [300] * 6, "val/loss": [3.0, 2.5, 2.2, 3.0, 2.0, 2.4]})
+    runs = pd.DataFrame({"arm": ["a", "a", "b", "b"], "train.lr": [4e-3, 4e-3, 2e-3, 2e-3], "train.steps": [600] * 4})
+    assert tuned_keys(tune) == ["train.lr"]  # the tuning budget (steps) is not a searched setting
+    edges = tuning_edges(tune, runs)
+    assert len(edges) == 1 and edges[0].startswith("a: `train.lr` = 0.004 is the largest value searched")
