@@ -152,7 +152,8 @@ def analyse(data: SweepData, metric: str, baseline: Optional[str] = None) -> Ana
         [p.get("seeds", "") for p in meta.parents], values["seed"].dropna())
     warn += fairness.family_warnings(runs, list(design.family) + ([] if exploratory is None else
                                                                   list(zip(exploratory["a"], exploratory["b"]))),
-                                    meta.factors, meta.baseline_overrides, meta.matches)
+                                    meta.factors, meta.baseline_overrides, meta.matches,
+                                    tuned=design_mod.tuned_keys(meta.params))
     csv = tables.summary_frame(summary, info, pcols, factors, metric, mode)
     return Analysis(metric=metric, mode=mode, design=design, order=order, arm_info=info, values=values,
                     summary=summary, family=family, best_note=best_note, paper=pcols, orderings=orderings, csv=csv,

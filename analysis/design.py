@@ -161,3 +161,16 @@ def tune_select(params: Dict[str, str]) -> Optional[Tuple[str, str]]:
     if not isinstance(tune, dict) or not tune.get("select"):
         return None
     return str(tune["select"]), str(tune.get("mode", "min"))
+
+
+def tuned_keys(params: Dict[str, str]) -> List[str]:
+    """The keys a declared tuning stage searched (its space and every per-arm space): each arm
+    sets them for itself, by design."""
+    try:
+        tune = json.loads(params.get(P_TUNE, "null"))
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(tune, dict):
+        return []
+    spaces = [tune.get("space") or {}] + list((tune.get("arms") or {}).values())
+    return sorted({k for space in spaces if isinstance(space, dict) for k in space})

@@ -37,15 +37,18 @@ def _short(vals: Sequence[str], n: int = 3) -> str:
 
 
 def pair_warnings(runs: pd.DataFrame, a: str, b: str, factors: Sequence[str],
-                  baseline_overrides: Dict[str, Any], matches: Optional[Dict[str, Dict[str, Any]]] = None) -> List[str]:
+                  baseline_overrides: Dict[str, Any], matches: Optional[Dict[str, Dict[str, Any]]] = None,
+                  tuned: Iterable[str] = ()) -> List[str]:
     """What differs between arms ``a`` and ``b`` besides the sweep's factors, the baseline
-    overrides and the size knob a matched baseline varied: settings, task data (per common
+    overrides, the size knob a matched baseline varied and the settings each arm tuned for
+    itself (``tuned``: the declared search space's keys): settings, task data (per common
     seed), code version."""
     if not ((runs["arm"] == a).any() and (runs["arm"] == b).any()):
         return []
     matches = matches or {}
     allowed = set(factors) | flat_keys(baseline_overrides.get(a, {})) | flat_keys(baseline_overrides.get(b, {}))
     allowed |= {str(matches[x]["vary"]) for x in (a, b) if "vary" in matches.get(x, {})}
+    allowed |= set(tuned)
     out: List[str] = []
     keys = [k for k in TRIAL_KEYS if k in runs.columns and k != "seed" and k not in NONSEMANTIC_KEYS and k not in allowed]
     diff = []
@@ -106,12 +109,13 @@ def arm_warnings(runs: pd.DataFrame) -> List[str]:
 
 
 def family_warnings(runs: pd.DataFrame, pairs: Iterable[Tuple[str, str]], factors: Sequence[str],
-                    baseline_overrides: Dict[str, Any], matches: Optional[Dict[str, Dict[str, Any]]] = None) -> List[str]:
+                    baseline_overrides: Dict[str, Any], matches: Optional[Dict[str, Dict[str, Any]]] = None,
+                    tuned: Iterable[str] = ()) -> List[str]:
     """:func:`arm_warnings`, then :func:`pair_warnings` of every pair (each unordered pair once)."""
     out: List[str] = arm_warnings(runs)
     seen: Set[frozenset] = set()
     for a, b in pairs:
         if frozenset((a, b)) not in seen:
             seen.add(frozenset((a, b)))
-            out.extend(pair_warnings(runs, a, b, factors, baseline_overrides, matches))
+            out.extend(pair_warnings(runs, a, b, factors, baseline_overrides, matches, tuned))
     return out

@@ -275,3 +275,11 @@ def test_sequential_report_reads_the_look_the_runner_reached():
     runner = sequential.decide(plan, {"big": np.full(3, 5.0), "small": small - ref}, 2)
     assert fam["resolved"].tolist() == [runner["big"].status == "resolved", runner["small"].status == "resolved"]
     assert all("look 3 of 4" in d for d in fam["decision"])
+
+
+def test_settings_each_arm_tuned_for_itself_are_not_comparability_warnings():
+    runs = pd.DataFrame({"arm": ["a", "b"], "seed": [0, 0], "train.lr": [4e-3, 8e-3], "train.steps": [600, 900]})
+    warned = fairness.pair_warnings(runs, "a", "b", [], {}, {}, tuned=["train.lr"])
+    assert len(warned) == 1 and "train.steps" in warned[0] and "train.lr" not in warned[0]
+    assert design.tuned_keys({"sweep.tune": '{"space": {"train.lr": [1]}, "arms": {"b": {"train.warmup_steps": [1]}}}'}) \
+        == ["train.lr", "train.warmup_steps"]
