@@ -80,18 +80,6 @@ def run_trial(config: Dict[str, Any]) -> None:
     tune.report({**final, "step": cfg.train.steps, "final": 1})
 
 
-def warm_worker() -> None:
-    """Ray's ``worker_process_setup_hook`` for a sweep's workers: import what a trial needs
-    (Tune's trainable, torch, the trainer) when the process starts, so the workers Ray starts
-    with the instance are ready while the driver opens its store and run. In the process's
-    own thread: importing Ray Tune from two threads at once fails on its circular imports."""
-    try:
-        import ray.tune  # noqa: F401  (what unpickling the trainable needs first)
-        import gmlp_ablate.train  # noqa: F401  (torch, the models and tasks)
-    except BaseException:  # the trial's own import reports any problem
-        pass
-
-
 def absolute_paths(sweep: Sweep) -> None:
     """Make each trial's relative ``task.corpus``/``task.cache_dir`` absolute, in place.
 
@@ -521,8 +509,7 @@ def _start_ray(args: argparse.Namespace) -> Any:
 
     reaper = None
     init_kwargs: Dict[str, Any] = dict(address=args.address or "local", logging_level=logging.WARNING,
-                                       log_to_driver=False, configure_logging=True,
-                                       runtime_env={"worker_process_setup_hook": "gmlp_ablate.run.warm_worker"})
+                                       log_to_driver=False, configure_logging=True)
     if not args.address:
         from gmlp_ablate import reaper as reaper_mod
 
