@@ -25,7 +25,6 @@ import json
 import os
 import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -245,17 +244,10 @@ def _retry_locked(fn: Callable[..., _T]) -> Callable[..., _T]:
 
 
 def git_commit() -> str:
-    """The commit of the installed source tree (``-dirty`` if modified), or 'unknown'."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The code version recorded on every run (see :func:`gmlp_ablate.trial.code_version`)."""
+    from gmlp_ablate.trial import code_version
+
+    return code_version()
 
 
 def _now_ms() -> int:
