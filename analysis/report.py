@@ -142,8 +142,21 @@ def portable_command(command: str) -> str:
             continue
         if any(w.startswith(o + "=") for o in MACHINE_OPTIONS):
             continue
-        out.append(w[len(root):] if w.startswith(root) else w)
+        out.append(w[len(root):] if w.startswith(root) else _in_repo(w))
     return " ".join(shlex.quote(w) for w in out)
+
+
+def _in_repo(word: str) -> str:
+    """An absolute path from another checkout of the project (``/elsewhere/sweeps/x.yaml``) as
+    the same file relative to this one, when this one has it; anything else unchanged."""
+    if not word.startswith("/"):
+        return word
+    parts = Path(word).parts
+    for i in range(1, len(parts)):
+        rel = Path(*parts[i:])
+        if (REPO / rel).is_file():
+            return str(rel)
+    return word
 
 
 def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:

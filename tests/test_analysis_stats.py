@@ -346,6 +346,9 @@ def test_recorded_commands_reproduce_from_a_fresh_clone():
     cmd = (f"python -m gmlp_ablate.run {REPO}/sweeps/fair_baseline.yaml model.dim=64 --storage /srv/ray "
            "--tracking-uri=sqlite:////srv/mlflow.db --address 10.0.0.1:6379 --max-concurrent 2")
     assert portable_command(cmd) == "python -m gmlp_ablate.run sweeps/fair_baseline.yaml model.dim=64 --max-concurrent 2"
+    # a sweep file of another checkout of the project, and a path that is not the project's
+    assert portable_command("python -m gmlp_ablate.run /srv/other/checkout/sweeps/demo.yaml corpus=/data/x.txt") == \
+        "python -m gmlp_ablate.run sweeps/demo.yaml corpus=/data/x.txt"
 
 
 def test_a_chosen_setting_at_the_edge_of_its_search_is_flagged():
