@@ -15,7 +15,7 @@ import torch
 
 from gmlp_ablate.sweep import ResourcesConfig
 from gmlp_ablate.trial import load_trial
-from gmlp_ablate.run import gpu_per_trial
+from gmlp_ablate.preflight import gpu_per_trial
 from gmlp_ablate.train import train
 
 RUNS = {

@@ -24,14 +24,13 @@ import os
 import shlex
 import signal
 import sys
-import time
 from typing import Any, Dict, List, Optional
 
 from gmlp_ablate.names import INFO_PREFIX, path_component
-from gmlp_ablate.preflight import check_address, check_local_resources, check_storage, gpu_per_trial
+from gmlp_ablate.preflight import check_address, check_local_resources, check_storage
 from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.sweep import MAX_TRIALS, Sweep, Trial, load_sweep
-from gmlp_ablate.trial import merge_trial, to_dict
+from gmlp_ablate.trial import merge_trial
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 

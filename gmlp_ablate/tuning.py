@@ -27,7 +27,7 @@ def check_space(space: Any, key: str, budget: int) -> None:
     from gmlp_ablate.trial import TRIAL_KEYS
 
     if not isinstance(space, dict) or not space:
-        raise ConfigError(key, f"empty: give at least one key to search, e.g. train.lr: [3.0e-4, 1.0e-3, 3.0e-3]")
+        raise ConfigError(key, "empty: give at least one key to search, e.g. train.lr: [3.0e-4, 1.0e-3, 3.0e-3]")
     grid = 1
     sampled = False
     for k, v in space.items():

@@ -73,6 +73,19 @@ def kill_marked(mark: str, grace: float = 1.0) -> List[int]:
     return [p.pid for p in procs]
 
 
+def wait_for_server(url: str, timeout: float = 120) -> None:
+    """Wait until the MLflow server at ``url`` answers ``/health``."""
+    import requests
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, timeout, f"the MLflow server at {url} to answer /health", every=0.5)
+
+
 def write_yaml(path: Path, data: Dict[str, Any]) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)

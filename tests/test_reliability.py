@@ -31,6 +31,7 @@ from conftest import (
     mlflow_runs,
     signal_group,
     wait_for,
+    wait_for_server,
     write_yaml,
 )
 
@@ -489,14 +490,8 @@ def mlflow_server(tmp_path_factory):
                 root / "server.log")
     url = f"http://127.0.0.1:{port}"
 
-    def healthy():
-        try:
-            return requests.get(f"{url}/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
     try:
-        wait_for(healthy, 120, "the MLflow server to answer /health", every=0.5)
+        wait_for_server(url)
         yield {"url": url, "port": port, "mark": procs.mark}
     finally:
         procs.cleanup()

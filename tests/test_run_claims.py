@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 import pytest
 import requests
 
-from conftest import VENV_BIN, Processes, free_port, history_steps, marked, mlflow_runs, wait_for, write_yaml
+from conftest import VENV_BIN, Processes, free_port, history_steps, marked, mlflow_runs, wait_for, wait_for_server, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -166,13 +166,7 @@ def test_drivers_started_together_on_an_mlflow_server(tmp_path, procs):
                   "--workers", "1"], tmp_path / "server.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{url}/health", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, 120, "the MLflow server", every=0.5)
+        wait_for_server(url)
         _drivers_together(tmp_path, procs, 2, url)
         eid = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "shared"},
                            timeout=10).json()["experiment"]["experiment_id"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import VENV_BIN, Processes, free_port, history_steps, mlflow_runs, wait_for, write_yaml
+from conftest import VENV_BIN, Processes, free_port, history_steps, mlflow_runs, wait_for, wait_for_server, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +34,7 @@ def _server(tmp: Path, port: int) -> Processes:
                "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"], home / "server.log")
 
-    def healthy() -> bool:
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, 120, "the MLflow server", every=0.5)
+    wait_for_server(f"http://127.0.0.1:{port}")
     return srv
 
 
