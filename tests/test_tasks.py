@@ -499,8 +499,14 @@ def test_stdlib_budget_too_small_for_three_parts_names_corpus_bytes():
     _raises(TaskConfig(name="charlm", corpus_bytes=1), "task.corpus_bytes", "python-stdlib", "at least 3")
 
 
-def _validate_unprivileged(corpus: str) -> subprocess.CompletedProcess:
-    """Validate a corpus path in a fresh process without root's power to read anything."""
+def _validate_unprivileged(corpus: str, readable: Path) -> subprocess.CompletedProcess:
+    """Validate a corpus path in a fresh process without root's power to read anything. The
+    package is copied into ``readable`` (a folder any user may enter), since the checkout may
+    sit in a folder only its owner can enter; validation needs nothing outside the package."""
+    src = readable / "src"
+    shutil.copytree(REPO / "gmlp_ablate", src / "gmlp_ablate", ignore=shutil.ignore_patterns("__pycache__"))
+    for p in [src, *src.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
     code = ("import sys\nfrom gmlp_ablate.schema import ConfigError\nfrom gmlp_ablate.tasks import validate_task\n"
             "from gmlp_ablate.tasks.config import TaskConfig\ntry:\n"
             f"    validate_task(TaskConfig(name='charlm', corpus={corpus!r}))\n"
@@ -511,7 +517,7 @@ def _validate_unprivileged(corpus: str) -> subprocess.CompletedProcess:
             pytest.skip("running as root without setpriv: no unprivileged user to check permissions with")
         prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)})
+                          cwd="/", env={**os.environ, "PYTHONPATH": str(src)})
 
 
 @pytest.fixture
@@ -540,7 +546,7 @@ def test_unreadable_corpus_names_the_cause(kind, shared_dir):
                 (target / name).chmod(0o000)
         if kind == "folder":
             target.chmod(0o000)
-    proc = _validate_unprivileged(str(target))
+    proc = _validate_unprivileged(str(target), shared_dir)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     key, message = proc.stdout.strip().splitlines()
     assert key == "task.corpus" and str(target) in message and "Permission denied" in message
