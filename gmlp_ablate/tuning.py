@@ -133,11 +133,11 @@ def select(sweep: Any, results: Dict[str, List[Tuple[Dict[str, Any], Optional[fl
 
 
 def on_edge(space: Dict[str, Any], settings: Dict[str, Any]) -> List[str]:
-    """Keys whose chosen value is the smallest or largest of a numeric search range."""
+    """Keys of a grid (list) axis whose chosen value is its smallest or largest number
+    (a sampled range is never hit exactly at its bounds, so it is not flagged)."""
     out = []
     for k, v in space.items():
-        values = v if isinstance(v, list) else (next(iter(v.values())) if next(iter(v)) != "choice" else [])
-        nums = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
-        if len(nums) >= 2 and k in settings and settings[k] in (min(nums), max(nums)) and isinstance(v, list):
+        nums = [x for x in v if isinstance(x, (int, float)) and not isinstance(x, bool)] if isinstance(v, list) else []
+        if len(nums) >= 2 and k in settings and settings[k] in (min(nums), max(nums)):
             out.append(k)
     return out

@@ -107,3 +107,11 @@ def test_final_trials_carry_each_arms_own_setting():
     for t in trials:
         assert t.config.train.lr == best[t.arm]["train.lr"] and t.settings == best[t.arm]
     assert {t.key for t in trials if t.arm == "sgu_split=false"} == {t.key for t in sw.trials if t.arm == "sgu_split=false"}
+
+
+def test_a_choice_at_the_edge_of_a_grid_axis_is_flagged():
+    from gmlp_ablate.tuning import on_edge
+
+    space = {"train.lr": [1e-3, 2e-3, 4e-3], "train.warmup_steps": [30, 150], "train.beta2": {"uniform": [0.9, 0.99]}}
+    assert on_edge(space, {"train.lr": 4e-3, "train.warmup_steps": 30, "train.beta2": 0.99}) == ["train.lr", "train.warmup_steps"]
+    assert on_edge(space, {"train.lr": 2e-3, "train.warmup_steps": 30}) == ["train.warmup_steps"]
