@@ -13,12 +13,13 @@ from typing import List, Optional, Tuple
 
 import pandas as pd
 
-from analysis import compare, design as design_mod, fairness
+from analysis import compare, design as design_mod, fairness, scaling as scaling_mod
 from analysis import paper as paper_mod
 from analysis import stats, tables
 from analysis.labels import metric_mode, metric_range
 from analysis.load import SweepData
 from gmlp_ablate import sequential
+from gmlp_ablate.names import curve_metric
 
 TUNED_PREFIX = "train."
 
@@ -51,6 +52,11 @@ class Analysis:
     """One line per arm and tuned setting whose chosen value is the edge of the values tried."""
     tune_select: Optional[Tuple[str, str]] = None
     """(metric, mode) the tuning stage selected on (from the parent run's declared ``tune``)."""
+    solved_steps: Optional[pd.DataFrame] = None
+    """With a declared ``solved`` outcome and loaded curves: per seed, the first step its
+    curve metric (``val/*`` for a ``test/*`` metric) reached the threshold."""
+    scaling: Optional[scaling_mod.Scaling] = None
+    """Power-law fits when the grid varies a size axis (:mod:`analysis.scaling`)."""
 
 
 def mode_for(metric: str, sweep_metric: str, sweep_mode: str) -> str:
@@ -155,11 +161,17 @@ def analyse(data: SweepData, metric: str, baseline: Optional[str] = None) -> Ana
                                     meta.factors, meta.baseline_overrides, meta.matches,
                                     tuned=design_mod.tuned_keys(meta.params))
     csv = tables.summary_frame(summary, info, pcols, factors, metric, mode)
+    solved_steps = None
+    if solved is not None and data.curves is not None and len(data.curves):
+        solved_steps = stats.threshold_steps(data.curves, curve_metric(metric), solved.threshold, mode)
+    axis = scaling_mod.size_axis(meta.grid)
+    fits = scaling_mod.analyse_scaling(values, summary, runs, order, axis, mode, bounds) if axis else None
     return Analysis(metric=metric, mode=mode, design=design, order=order, arm_info=info, values=values,
                     summary=summary, family=family, best_note=best_note, paper=pcols, orderings=orderings, csv=csv,
                     task=task, bounds=bounds, baseline=baseline, exploratory=exploratory, warnings=warn, plan=plan,
                     tuning=tuning_summary(data.tune, runs), tuning_edges=tuning_edges(data.tune, runs),
-                    tune_select=design_mod.tune_select(meta.params))
+                    tune_select=design_mod.tune_select(meta.params), scaling=fits,
+                    solved_steps=solved_steps)
 
 
 def comparisons_frame(an: Analysis) -> pd.DataFrame:

@@ -246,3 +246,46 @@ def plot_sensitivity(tune: pd.DataFrame, keys: Sequence[str], select: str, mode:
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{title}: sensitivity to the tuned settings", fontsize=10)
         return _save(fig, path)
+
+
+def plot_scaling(sc, values: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+    """Log-log metric vs parameters and vs FLOPs/token, one colour per series (the arms that
+    differ only in size): seeds as dots, size means as markers, the fitted power law as a
+    line over the measured range (dotted beyond it, up to where a fitted crossing lies)."""
+    series = list(dict.fromkeys(sc.series["series"]))
+    pal = dict(zip(series, (_hex(c) for c in sns.color_palette("colorblind", max(len(series), 3)))))
+    fitted = 1.0 - values["value"].astype(float) if sc.transform != "metric" else values["value"].astype(float)
+    seeds = values.assign(y=fitted.to_numpy())
+    ylabel = f"1 - {metric}" if sc.transform != "metric" else metric
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = _figure(11.0, 4.8)
+        axes = fig.subplots(1, 2, squeeze=False)[0]
+        for ax, (xcol, xlabel) in zip(axes, (("params", "parameters"), ("flops_per_token", "FLOPs per token"))):
+            cross = sc.crossings[sc.crossings["x"] == xcol] if len(sc.crossings) else sc.crossings
+            far = float(np.nanmax(cross["crossing"])) if len(cross) and cross["crossing"].notna().any() else 0.0
+            for s in series:
+                g = sc.series[sc.series["series"] == s]
+                col = pal[s]
+                for arm, row in g.iterrows():
+                    ys = seeds.loc[seeds["arm"] == arm, "y"]
+                    ax.scatter([row[xcol]] * len(ys), ys, s=12, color=col, alpha=0.45, zorder=2)
+                ax.scatter(g[xcol], g["mean"], s=45, color=col, edgecolors="black", lw=0.6, zorder=3)
+                f = sc.fits[(sc.fits["series"] == s) & (sc.fits["x"] == xcol)]
+                if not len(f):
+                    continue
+                f = f.iloc[0]
+                xs = np.geomspace(f["x_min"], f["x_max"], 50)
+                ax.plot(xs, f["coefficient"] * xs ** f["exponent"], color=col, lw=1.6, zorder=2,
+                        label=f"{s}: b = {f['exponent']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]")
+                if far > f["x_max"] and far < 1e3 * f["x_max"]:
+                    xe = np.geomspace(f["x_max"], far * 1.2, 30)
+                    ax.plot(xe, f["coefficient"] * xe ** f["exponent"], color=col, lw=1.0, ls=":", zorder=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{ylabel} vs {xlabel}", fontsize="medium")
+            ax.legend(fontsize=7, loc="best")
+        fig.suptitle(f"{title}: power-law fits (95% bootstrap intervals of the exponent b)", fontsize=10)
+        return _save(fig, path)

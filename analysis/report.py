@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from analysis import outdir, tables
@@ -34,6 +35,7 @@ from analysis.analyse import Analysis, analyse, comparisons_frame
 from analysis.document import Doc
 from analysis.labels import direction, metric_label
 from analysis.load import AnalysisError, SweepData, load_curves, load_sweep, log_report
+from gmlp_ablate.names import curve_metric
 from gmlp_ablate.schema import did_you_mean
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +172,8 @@ def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
     palette = plots.arm_palette(an.order, baseline_arms)
     factors = [f for f in meta.factors if f in an.arm_info.columns]
     if data.curves is not None and not data.curves.empty:
-        curve_metrics = [m for m in dict.fromkeys([an.metric, "train/loss"]) if m in set(data.curves["metric"])]
+        curve_metrics = [m for m in dict.fromkeys([curve_metric(an.metric), "train/loss"])
+                         if m in set(data.curves["metric"])]
         bands = {m: stats.curve_bands(data.curves, m) for m in curve_metrics}
         files["curves"] = plots.plot_curves(bands, an.order, palette, baseline_arms, out / "curves.png", title,
                                             curves=data.curves)
@@ -191,6 +194,8 @@ def write_figures(data: SweepData, an: Analysis, out: Path) -> Dict[str, Path]:
                                       out / "sensitivity.png", title)
         if sens is not None:
             files["sensitivity"] = sens
+    if an.scaling is not None:
+        files["scaling"] = plots.plot_scaling(an.scaling, an.values, an.metric, out / "scaling.png", title)
     return files
 
 
@@ -230,6 +235,10 @@ def write_documents(data: SweepData, an: Analysis, out: Path, figures: Dict[str,
                                            "(Liu et al. 2021); approximate ones are marked."))
     files["table"] = out / "table.tex"
     files["table"].write_text("\n\n".join(tex) + "\n")
+    if an.scaling is not None:
+        files["scaling_csv"] = out / "scaling.csv"
+        pd.concat([an.scaling.fits.assign(kind="fit"), an.scaling.crossings.assign(kind="crossing")],
+                  ignore_index=True).to_csv(files["scaling_csv"], index=False, float_format="%.10g")
 
     doc = build_doc(data, an, main_table, fam_table, ptable, otable, files, command)
     files["md"] = out / "report.md"
@@ -353,6 +362,10 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
                          "the true difference were the observed one, from the observed spread (noncentral t).")
     else:
         doc.add("p", "No comparisons: the sweep has a single arm.")
+    if an.solved_steps is not None:
+        _solved_section(doc, an)
+    if an.scaling is not None:
+        _scaling_section(doc, an)
     if an.exploratory is not None:
         doc.add("h2", f"Exploratory: every arm vs {an.baseline}")
         doc.add("table", tables.family_comparison_table(
@@ -384,10 +397,12 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
 
     doc.add("h2", "Figures")
     captions = {
-        "curves": f"Learning curves: {an.metric} (and train/loss) vs step, mean over seeds with a 95% CI band (clipped to the metric's range) and each seed as a thin line.",
+        "curves": f"Learning curves: {curve_metric(an.metric)} (and train/loss) vs step, mean over seeds with a 95% CI band (clipped to the metric's range) and each seed as a thin line.",
         "final": f"Final {an.metric} per arm: mean and 95% interval over seeds; dots are seeds; dashed line: the reference arm's mean.",
         "heatmap": f"Mean {an.metric} per cell of the two-factor grid.",
         "pareto": f"{an.metric} vs parameters and FLOPs per token, with the Pareto front (red).",
+        "scaling": f"Scaling: {an.metric} against parameters and FLOPs per token per series (log-log), with the "
+                   "fitted power laws.",
         "sensitivity": f"Tuning stage: {(an.tune_select or ('',))[0]} against each searched setting, one line per arm (at each value, "
                        "the best tuning run over the other settings).",
     }
@@ -406,6 +421,54 @@ def build_doc(data: SweepData, an: Analysis, main_table: tables.Table, fam_table
     doc.add("p", "Per-arm numbers at full precision: `summary.csv`; every comparison: `comparisons.csv`; LaTeX: "
                  f"`table.tex`. Regenerate with `{command}`.")
     return doc
+
+
+def _solved_section(doc: Doc, an: Analysis) -> None:
+    """Solved fraction per arm and the step at which each solved seed passed the threshold."""
+    th = an.design.solved.threshold
+    curve = curve_metric(an.metric)
+    solved_seeds = an.values[stats.is_solved(an.values["value"].to_numpy(dtype=float), th, an.mode)]
+    steps = an.solved_steps.merge(solved_seeds[["arm", "seed"]], on=["arm", "seed"])
+    rows = []
+    for arm in an.order:
+        s = an.summary.loc[arm]
+        st = steps.loc[steps["arm"] == arm].sort_values("seed")
+        passed = ", ".join(f"{int(r.seed)}: {int(r.step)}" if np.isfinite(r.step) else f"{int(r.seed)}: —"
+                           for r in st.itertuples(index=False)) or "—"
+        med = float(np.nanmedian(st["step"])) if st["step"].notna().any() else float("nan")
+        rows.append([arm, f"{int(s['solved_k'])}/{int(s['solved_n'])}",
+                     f"[{s['solved_lo']:.2f}, {s['solved_hi']:.2f}]", passed, "—" if not np.isfinite(med) else f"{med:.0f}"])
+    doc.add("h2", "Solved seeds")
+    doc.add("table", tables.Table(
+        header=["arm", f"solved ({an.metric} {'≥' if an.mode == 'max' else '≤'} {th:g})", "95% exact interval",
+                f"seed: first step {curve} passed {th:g}", "median step"],
+        rows=rows, align="lrrll",
+        caption=f"A seed solves the task when its final {an.metric} reaches {th:g} (declared in the sweep file); the "
+                f"interval is Clopper-Pearson. Steps come from the logged {curve} curve (every evaluation), so a "
+                "step is the first evaluation at or past the threshold."))
+
+
+def _scaling_section(doc: Doc, an: Analysis) -> None:
+    """Power-law fits per series and where the fitted curves cross (:mod:`analysis.scaling`)."""
+    from analysis.scaling import XS, describe_crossings
+
+    sc = an.scaling
+    what = f"1 − {an.metric}" if sc.transform != "metric" else an.metric
+    doc.add("h2", "Scaling")
+    doc.add("p", f"The grid varies `{sc.size_axis}`, so the report fits `{what} = a · x^b` per series (arms that "
+                 "differ only in size) against parameters and against FLOPs per token: least squares in log-log "
+                 "space over the sizes' seed means, with 95% bootstrap intervals over seeds within each size. "
+                 "Every size trained for the same steps and batch, so these are fits at a fixed number of training "
+                 "tokens, not compute-optimal curves.")
+    rows = [[r.series, XS[r.x], str(r.n_sizes), f"{r.x_min:,.0f} – {r.x_max:,.0f}", f"{r.exponent:.3f}",
+             f"[{r.lo:.3f}, {r.hi:.3f}]", f"{r.coefficient:.4g}", f"{r.r2:.3f}"]
+            for r in sc.fits.itertuples(index=False)]
+    doc.add("table", tables.Table(header=["series", "x", "sizes", "x range", "exponent b", "95% bootstrap",
+                                          "a", "R² (log-log)"], rows=rows, align="llrrrrrr",
+                                  caption=f"Fitted {what} = a · x^b."))
+    lines = describe_crossings(sc, an.mode)
+    if lines:
+        doc.add("ul", lines)
 
 
 # --------------------------------------------------------------------------------------
@@ -438,7 +501,7 @@ def run(args: argparse.Namespace, timings: Optional[Dict[str, float]] = None) ->
     metric = choose_metric(data.runs, args.metric, data.meta.metric)
     baseline = choose_baseline(data.runs, args.baseline)
     clock.lap("load runs")
-    data.curves = load_curves(data.meta, data.runs, list(dict.fromkeys([metric, "train/loss"])))
+    data.curves = load_curves(data.meta, data.runs, list(dict.fromkeys([curve_metric(metric), "train/loss"])))
     clock.lap("load curves")
     command = report_command(args.name, uri, args.baseline, args.metric, args.out)
     an = analyse(data, metric, baseline)

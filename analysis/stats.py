@@ -242,6 +242,17 @@ def is_solved(values: np.ndarray, threshold: float, mode: str) -> np.ndarray:
     return values >= threshold if mode == "max" else values <= threshold
 
 
+def threshold_steps(curves: pd.DataFrame, metric: str, threshold: float, mode: str) -> pd.DataFrame:
+    """Per run (arm, seed): the first logged step at which ``metric`` reaches ``threshold``
+    (``step`` NaN when it never does), from the tidy histories of :mod:`analysis.frames`."""
+    c = curves[curves["metric"] == metric].sort_values("step")
+    rows = []
+    for (arm, seed), g in c.groupby(["arm", "seed"], sort=False):
+        hit = g.loc[is_solved(g["value"].to_numpy(dtype=float), threshold, mode), "step"]
+        rows.append({"arm": arm, "seed": seed, "step": float(hit.iloc[0]) if len(hit) else float("nan")})
+    return pd.DataFrame(rows, columns=["arm", "seed", "step"])
+
+
 def arm_summary(values: pd.DataFrame, runs: pd.DataFrame, failures: pd.DataFrame, mode: str, order: Sequence[str],
                 bounds: Tuple[Optional[float], Optional[float]] = (None, None), solved: Optional[Any] = None,
                 level: float = LEVEL) -> pd.DataFrame:

@@ -35,6 +35,13 @@ def split_metric(split: str, name: str) -> str:
     return f"{split}/{name}"
 
 
+def curve_metric(metric: str) -> str:
+    """The metric whose history shows a final-only metric's course: ``test/acc`` is scored
+    once at the end, so its curve is ``val/acc``; any other metric is its own curve."""
+    split, _, name = metric.partition("/")
+    return split_metric(SPLIT_VAL, name) if split == SPLIT_TEST and name else metric
+
+
 # --------------------------------------------------------------------------------------
 # MLflow tags written by gmlp_ablate.tracking and read by analysis.load
 # --------------------------------------------------------------------------------------
