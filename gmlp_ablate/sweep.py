@@ -278,6 +278,21 @@ class Sweep:
             out += [_trial(arm, s, cfg, self, stage, shown.get(arm)) for s in seeds]
         return out
 
+    def parent_params(self) -> Dict[str, str]:
+        """Every ``sweep.*`` param of the parent run: what was run (name, grid, baselines,
+        metric, resources, trial count) and the declared design (:meth:`protocol`)."""
+        c = self.config
+        return {
+            "sweep.name": c.name,
+            names.P_GRID: json.dumps(c.grid),
+            names.P_BASELINES: json.dumps(c.baselines),
+            names.P_METRIC: c.metric.name,
+            names.P_METRIC_MODE: c.metric.mode,
+            "sweep.resources": json.dumps(dataclasses.asdict(c.resources)),
+            "sweep.trials": str(len(self.trials)),
+            **self.protocol(),
+        }
+
     def protocol(self) -> Dict[str, str]:
         """The declared design as parent-run params (JSON values)."""
         c = self.config

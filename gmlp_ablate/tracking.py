@@ -350,18 +350,7 @@ class Tracker:
         }
         run = self.client.create_run(experiment_id, tags=all_tags, run_name=f"{c.name} sweep")
         rid = run.info.run_id
-        params = {
-            "sweep.name": c.name,
-            "sweep.seeds": json.dumps(list(c.seeds) if isinstance(c.seeds, (list, tuple)) else str(c.seeds)),
-            "sweep.grid": json.dumps(c.grid),
-            "sweep.baselines": json.dumps(c.baselines),
-            "sweep.metric": c.metric.name,
-            "sweep.metric_mode": c.metric.mode,
-            "sweep.resources": json.dumps(to_dict(c.resources)),
-            "sweep.trials": str(len(sweep.trials)),
-        }
-        if hasattr(sweep, "protocol"):  # the declared comparison design (family, seeds, tuning, matches)
-            params.update(sweep.protocol())
+        params = sweep.parent_params()  # every sweep.* param, one encoding each
         self._log(rid, params=params)
         return rid
 

@@ -23,6 +23,7 @@ import pytest
 from scipy import stats as sps
 
 from gmlp_ablate.models.config import ModelConfig
+from gmlp_ablate.names import P_SEEDS
 from gmlp_ablate.sweep import MetricConfig, Sweep, SweepConfig, Trial
 from gmlp_ablate.tasks.config import TaskConfig
 from gmlp_ablate.trial import TrainConfig, TrialConfig, trial_key
@@ -36,7 +37,7 @@ class FirstRoundSweep(Sweep):
     report infers the family (and says so)."""
 
     def protocol(self):
-        return {}
+        return {P_SEEDS: json.dumps(list(self.config.seeds))}
 
 
 def make_sweep(config: SweepConfig, trials: list) -> Sweep:
