@@ -30,11 +30,10 @@ from gmlp_ablate.names import (
     TAG_COMMIT,
     TAG_RESTART_REASON,
     TAG_RESTARTS,
+    TAG_STOPPED_AT,
 )
 
 STATUS_EVERY_S = 30.0
-TAG_STOPPED_AT = "stopped_at_step"
-"""Trial tag: the step at which a stage's scheduler (ASHA) stopped it early."""
 
 
 def _short(text: Optional[str], n: int = 200) -> str:
@@ -44,6 +43,11 @@ def _short(text: Optional[str], n: int = 200) -> str:
 
 def _key(trial: Any) -> str:
     return trial.config["trial"]["key"]
+
+
+def _stopped_early(e: Any) -> bool:
+    """The trial ended without its final report, before its last step: a stage's scheduler stopped it."""
+    return not e.final and e.last_step < e.steps
 
 
 def error_text(trial: Any) -> str:
@@ -144,7 +148,7 @@ class MLflowMirror(Callback):
     def on_trial_complete(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
         e = self.ledger[_key(trial)]
         status, final = self.ledger.complete(e.key)
-        stopped = {TAG_STOPPED_AT: str(max(e.last_step, 0))} if not final and status == FINISHED else None
+        stopped = {TAG_STOPPED_AT: str(max(e.last_step, 0))} if _stopped_early(e) and status == FINISHED else None
         # ``stopped``: ended by the stage's scheduler before its last step. One write, then the status.
         self.tracker.end_trial(e.run_id, status, error=e.error if status == FAILED else None,
                                failure=e.failure if status == FAILED else None, metrics=final, step=e.steps,
@@ -204,6 +208,10 @@ class ConsoleProgress(Callback):
         e = self.ledger[_key(trial)]
         if e.status == FAILED:
             self._say(f"{e.label}: FAILED ({e.error})  {self._counts()}")
+            return
+        if _stopped_early(e):
+            self._say(f"{e.label}: stopped early by the scheduler at step {max(e.last_step, 0)}/{e.steps}  "
+                      f"{self._counts()}")
             return
         value = e.final.get(self.ledger.metric)
         shown = f"{self.ledger.metric} {value:.4g}" if value is not None else ""

@@ -17,9 +17,10 @@ from typing import Any, Dict, List, Optional
 
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, PendingWatch, StopOnSignal
-from gmlp_ablate.names import STAGE_FINAL, STAGE_TUNE, path_component
+from gmlp_ablate.names import STAGE_FINAL, STAGE_TUNE, TAG_STOPPED_AT, path_component
 from gmlp_ablate.preflight import gpu_per_trial
 from gmlp_ablate.trial import to_dict
 
@@ -42,8 +43,14 @@ class TuneExecutor:
         return os.path.join(self.checkpoint_root, key)
 
     def results(self) -> Dict[str, Dict[str, float]]:
-        """trial_key -> last metric values of its latest FINISHED run."""
-        return {k: dict(r.data.metrics) for k, r in self.tracker.finished_runs_by_key(self.experiment_id).items()}
+        """trial_key -> last metric values of its latest FINISHED run, with ``stopped_at_step``
+        (a number) for a run the stage's scheduler stopped early."""
+        out = {}
+        for k, r in self.tracker.finished_runs_by_key(self.experiment_id).items():
+            out[k] = dict(r.data.metrics)
+            if TAG_STOPPED_AT in r.data.tags:
+                out[k][TAG_STOPPED_AT] = float(r.data.tags[TAG_STOPPED_AT])
+        return out
 
     def _finished_since(self, key: str) -> bool:
         runs = [r for r in self.tracker.trial_runs(self.experiment_id, key) if r.info.status == "FINISHED"]
@@ -90,7 +97,7 @@ class TuneExecutor:
             param_space={"cpu": cpu},
             tune_config=tune.TuneConfig(
                 search_alg=searcher, num_samples=len(todo), max_concurrent_trials=self.args.max_concurrent,
-                reuse_actors=True, scheduler=_scheduler(scheduler),
+                reuse_actors=True, scheduler=_scheduler(scheduler, trials),
                 trial_dirname_creator=lambda tr: f"t{index[tr.config['trial']['key']]:04d}_{tr.config['trial']['key'][:8]}",
                 trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}#{tr.config['trial']['key'][:6]}"),
             run_config=tune.RunConfig(
@@ -105,14 +112,88 @@ class TuneExecutor:
         self.elsewhere += searcher.elsewhere
 
 
-def _scheduler(spec: Optional[Dict[str, Any]]) -> Any:
-    """Tune's trial scheduler for a stage: ``asha`` stops weak tuning trials early."""
+ASHA_REDUCTION_FACTOR = 4
+"""ASHA's reduction factor (Ray Tune's default): a trial continues past a rung when it is in
+the best quarter of the trials its arm recorded there so far."""
+
+
+def asha_rungs(steps: int, eval_every: int) -> List[int]:
+    """The steps at which ASHA compares an arm's tuning trials: its evaluations at
+    ``eval_every x 4^k``, strictly before the last step (empty when the trial is evaluated
+    only at its last step: nothing to compare before the end)."""
+    out, rung = [], eval_every
+    while rung < steps:
+        out.append(rung)
+        rung *= ASHA_REDUCTION_FACTOR
+    return out
+
+
+def _scheduler(spec: Optional[Dict[str, Any]], trials: List[Any]) -> Any:
+    """Tune's trial scheduler for a stage: ``asha`` stops an arm's weak tuning trials early.
+
+    One ASHA per arm (:class:`PerArmScheduler`): an arm's trials are compared only with each
+    other. Its rungs are :func:`asha_rungs` of the arm's steps and evaluation interval: the
+    first at the first evaluation (``grace_period``), each one an evaluation step, none at the
+    last step (ASHA's ``max_t`` is set below it and ``stop_last_trials`` is off, so a trial that
+    reaches its last step ends on its own, with its final report). An arm evaluated only at its
+    last step gets no scheduler (the sweep's check refuses that for ``tune.scheduler: asha``).
+    """
     if not spec or spec.get("name", "none") == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    by_arm: Dict[str, Any] = {}
+    for arm in dict.fromkeys(t.arm for t in trials):
+        cfgs = [t.config.train for t in trials if t.arm == arm]
+        rungs = asha_rungs(max(c.steps for c in cfgs), min(c.eval_every for c in cfgs))
+        if rungs:
+            # ASHA puts its rungs at grace_period x 4^k up to max_t: max_t halfway to the rung after
+            # the last one gives exactly these (and it stops nothing at max_t: stop_last_trials off).
+            by_arm[arm] = ASHAScheduler(time_attr="step", metric=spec["metric"], mode=spec["mode"],
+                                        max_t=rungs[-1] * ASHA_REDUCTION_FACTOR // 2, grace_period=rungs[0],
+                                        reduction_factor=ASHA_REDUCTION_FACTOR, stop_last_trials=False)
+    return PerArmScheduler(by_arm, spec["metric"], spec["mode"])
 
-    return ASHAScheduler(time_attr="step", metric=spec["metric"], mode=spec["mode"], max_t=int(spec["max_t"]),
-                         grace_period=max(1, int(spec["max_t"]) // 8))
+
+class PerArmScheduler(FIFOScheduler):
+    """Routes each trial's events to its arm's scheduler (an arm without one runs FIFO).
+
+    An arm's tuning is its own search: one scheduler over every arm would compare a weaker
+    arm's candidates with a stronger arm's and could stop all of them at the first rung.
+    """
+
+    def __init__(self, by_arm: Dict[str, Any], metric: str, mode: str) -> None:
+        super().__init__()
+        self.by_arm = by_arm
+        self._metric, self._mode = metric, mode
+
+    def _of(self, trial: Any) -> Any:
+        return self.by_arm.get(trial.config["trial"]["arm"])
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        s = self._of(trial)
+        if s is not None:
+            s.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        s = self._of(trial)
+        if s is not None:
+            s.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: Dict[str, Any]) -> str:
+        s = self._of(trial)
+        return s.on_trial_result(tune_controller, trial, result) if s is not None else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: Dict[str, Any]) -> None:
+        s = self._of(trial)
+        if s is not None:
+            s.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        s = self._of(trial)
+        if s is not None:
+            s.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "\n".join(f"{arm}: {s.debug_string()}" for arm, s in self.by_arm.items()) or "FIFO"
 
 
 def _warn_unmet(cpu: float, gpu: float, timeout: Optional[float]) -> None:

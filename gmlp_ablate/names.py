@@ -67,6 +67,7 @@ TAG_COMMIT = "git_commit"
 TAG_DEVICE = INFO_DEVICE
 TAG_STAGE = "stage"  # trial: STAGE_TUNE | STAGE_FINAL
 STAGE_TUNE, STAGE_FINAL = "tune", "final"
+TAG_STOPPED_AT = "stopped_at_step"  # tuning trial: the step at which the stage's scheduler (ASHA) stopped it early
 TAG_HOST = "gmlp_ablate.driver_host"
 TAG_PID = "gmlp_ablate.driver_pid"
 TAG_PID_START = "gmlp_ablate.driver_start"

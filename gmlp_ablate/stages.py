@@ -30,10 +30,13 @@ class Executor(Protocol):
     """What the runner provides: run trials (skipping finished keys) and read results back."""
 
     def run(self, trials: List[Trial], stage: str, scheduler: Optional[Dict[str, Any]] = None) -> None:
-        """Run every trial of ``trials`` whose key has no FINISHED run yet; block until done."""
+        """Run every trial of ``trials`` whose key has no FINISHED run yet; block until done.
+        ``scheduler``: ``{name, metric, mode}`` of the stage's early stopping (``name: asha``),
+        applied to each arm's trials apart."""
 
     def results(self) -> Dict[str, Dict[str, float]]:
-        """trial_key -> last metric values of its latest FINISHED run (either stage)."""
+        """trial_key -> last metric values of its latest FINISHED run (either stage), with
+        ``stopped_at_step`` when a stage's scheduler stopped that run early."""
 
 
 @dataclass
@@ -64,11 +67,12 @@ def candidates(sweep: Sweep) -> Dict[str, List[Dict[str, Any]]]:
 
 
 def chosen_settings(sweep: Sweep, tune_trials: List[Trial], results: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
-    """Each arm's best tuning candidate, from the finished tuning runs."""
+    """Each arm's best tuning candidate, from the finished tuning runs that ran to their last
+    step (one the scheduler stopped early is no candidate: :func:`tuning.selection_value`)."""
     select = sweep.config.tune.select
     per_arm: Dict[str, List[Tuple[Dict[str, Any], Optional[float]]]] = {arm: [] for arm in sweep.arms}
     for t in tune_trials:
-        value = results.get(t.key, {}).get(select)
+        value = tuning.selection_value(results.get(t.key, {}), select)
         per_arm[t.arm].append((t.settings, value))
     return tuning.select(sweep, per_arm)
 
@@ -80,8 +84,7 @@ def run_stages(sweep: Sweep, executor: Executor, say: Callable[[str], None] = pr
     if t is not None:
         tune_trials = tuning.tune_trials(sweep, candidates(sweep))
         say(f"stage 1 (tune): {len(tune_trials)} trials, {t.budget} candidate(s) x {len(t.seeds)} seed(s) per arm")
-        executor.run(tune_trials, STAGE_TUNE, {"name": t.scheduler, "metric": t.select, "mode": t.mode,
-                                              "max_t": t.steps or sweep.trials[0].config.train.steps})
+        executor.run(tune_trials, STAGE_TUNE, {"name": t.scheduler, "metric": t.select, "mode": t.mode})
         settings = chosen_settings(sweep, tune_trials, executor.results())
         for arm, s in settings.items():
             edge = tuning.on_edge(tuning.space_for(sweep, arm), s)

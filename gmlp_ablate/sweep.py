@@ -116,7 +116,14 @@ class TuneConfig:
     mode: Literal["min", "max"] = "min"
     """Direction of ``select``."""
     scheduler: Literal["none", "asha"] = "none"
-    """``asha``: Ray Tune's ASHA stops poor tuning trials early."""
+    """``asha``: Ray Tune's ASHA stops poor tuning trials early. Each arm has its own ASHA (its
+    candidates are compared only with each other), with rungs at the arm's evaluations
+    ``train.eval_every x 4^k`` before its last step: the first at the first evaluation, and a
+    trial continues past a rung when it is in the best quarter of its arm's trials recorded
+    there so far. The arm must be evaluated before its last step (``train.eval_every`` <
+    the tuning steps). A trial stopped early is tagged ``stopped_at_step`` and is no candidate
+    for selection (its metric is from fewer steps); the first of an arm's trials to reach a rung
+    always continues, so each arm has a trial that runs to the end unless it fails."""
     search_seed: int = knob(0, ge=0, le=MAX_INT)
     """Seed of the search algorithm's sampling (same seed, same candidates, same trial keys)."""
     arms: Dict[str, Any] = field(default_factory=dict)
@@ -412,7 +419,7 @@ def build_sweep(data: Dict[str, Any], overrides: Optional[List[str]] = None, pat
         arm_cfgs[b] = _with_value(arm_cfgs[b], m.spec.vary, m.value)
         validate_trial(arm_cfgs[b], f"baselines.{b}.")
     family = _family(cfg, list(arm_cfgs), reference_arm, set(baselines))
-    _check_tune(cfg, list(arm_cfgs))
+    _check_tune(cfg, arm_cfgs)
     _check_metric_names(cfg, arm_cfgs)
     sweep = Sweep(config=cfg, trials=[], arm_configs=arm_cfgs, family=family, reference_arm=reference_arm,
                   matches=resolved, path=path)
@@ -612,12 +619,13 @@ def _resolve_match(arm: str, spec: MatchConfig, arms: Dict[str, TrialConfig], pr
     return Match(arm=arm, spec=spec, target=target, achieved=float(achieved), value=int(getattr(model, knob_name)))
 
 
-def _check_tune(cfg: SweepConfig, arms: List[str]) -> None:
+def _check_tune(cfg: SweepConfig, arm_cfgs: Dict[str, TrialConfig]) -> None:
     t = cfg.tune
     if t is None:
         return
     from gmlp_ablate.tuning import check_space
 
+    arms = list(arm_cfgs)
     check_space(t.space, "tune.space", t.budget)
     for arm, space in t.arms.items():
         if arm not in arms:
@@ -631,6 +639,13 @@ def _check_tune(cfg: SweepConfig, arms: List[str]) -> None:
         raise ConfigError("tune.seeds", f"seeds {shared} are also final seeds: tuning seeds must be disjoint from them")
     if not t.select.startswith("val/"):
         raise ConfigError("tune.select", f"selection must use a val/* metric (test/* is only for reporting), got {t.select!r}")
+    if t.scheduler == "asha":
+        for arm, tc in arm_cfgs.items():
+            steps = t.steps or tc.train.steps
+            if tc.train.eval_every >= steps:
+                raise ConfigError("tune.scheduler", f"asha compares an arm's trials at evaluations before their last step, "
+                                  f"but arm '{arm}' is evaluated every {tc.train.eval_every} of its {steps} tuning "
+                                  "steps: lower train.eval_every or raise tune.steps")
 
 
 def _check_metric_names(cfg: SweepConfig, arms: Dict[str, TrialConfig]) -> None:

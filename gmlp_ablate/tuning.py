@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from gmlp_ablate.names import STAGE_TUNE
+from gmlp_ablate.names import STAGE_TUNE, TAG_STOPPED_AT
 from gmlp_ablate.schema import ConfigError, did_you_mean
 
 SAMPLERS = ("loguniform", "uniform", "choice")
@@ -111,11 +111,23 @@ def tune_trials(sweep: Any, cands: Dict[str, List[Dict[str, Any]]]) -> List[Any]
     return out
 
 
+def selection_value(metrics: Dict[str, float], select: str) -> Optional[float]:
+    """What one tuning trial's results (``metrics``: its last values, with ``stopped_at_step``
+    when the stage's scheduler stopped it) give selection: its last ``select``, or None for a
+    trial stopped early. A stopped trial's last value was scored after fewer steps than those
+    of the trials that ran to the end, so it is no candidate: it could otherwise win merely
+    because it was scored earlier (when the trials that ran on got worse later)."""
+    if TAG_STOPPED_AT in metrics:
+        return None
+    return metrics.get(select)
+
+
 def select(sweep: Any, results: Dict[str, List[Tuple[Dict[str, Any], Optional[float]]]]) -> Dict[str, Dict[str, Any]]:
     """Each arm's best settings from its tuning results ``[(settings, value of select), ...]``.
 
-    A setting's value is its mean over the tuning seeds; a setting with no finite value
-    (diverged, failed) never wins. An arm with no finite value at all raises RuntimeError.
+    A setting's value is its mean over the tuning seeds; a setting without a finite value on
+    each of them (a seed diverged, failed, or was stopped early by the scheduler: None, see
+    :func:`selection_value`) never wins. An arm with no finite value at all raises RuntimeError.
     """
     t = sweep.config.tune
     best: Dict[str, Dict[str, Any]] = {}
@@ -126,7 +138,9 @@ def select(sweep: Any, results: Dict[str, List[Tuple[Dict[str, Any], Optional[fl
             by_setting.setdefault(key, (settings, []))[1].append(value if value is not None else math.nan)
         scored = [(s, sum(v) / len(v)) for s, v in by_setting.values() if all(math.isfinite(x) for x in v)]
         if not scored:
-            raise RuntimeError(f"arm '{arm}': no tuning trial gave a finite {t.select}")
+            raise RuntimeError(f"arm '{arm}': no tuning trial gave a finite {t.select}"
+                               + (" at its last step (trials stopped early do not count)" if t.scheduler != "none"
+                                  else ""))
         sign = 1 if t.mode == "min" else -1
         best[arm] = min(scored, key=lambda sv: sign * sv[1])[0]
     return best
