@@ -231,6 +231,22 @@ def load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def runner_env() -> Dict[str, str]:
+    """The environment of the benchmarked processes: no inherited MLflow or Ray address, Ray's
+    sockets under a fresh short temp folder (``RAY_TMPDIR``: remove it when done), no usage stats."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="so", dir="/tmp")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def build_cache(sweep_path: Path, env: Dict[str, str], cwd: Path) -> None:
+    """Build the sweep's corpus cache once, so that no measured run pays for tokenising it."""
+    subprocess.run([sys.executable, "-c", "import sys; from gmlp_ablate.sweep import load_sweep; "
+                    "from gmlp_ablate.tasks import build_task; t = load_sweep(sys.argv[1]).trials[0]; "
+                    "build_task(t.config.task, 0)", str(sweep_path)], check=True, env=env, cwd=cwd)
+
+
 def trial_totals(uri: str, name: str) -> List[float]:
     from mlflow.tracking import MlflowClient
 
@@ -358,9 +374,7 @@ def main() -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="so", dir="/tmp")
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env = runner_env()
     lengths = [(lbl, s) for lbl, s, skip in (("long", args.steps, args.skip_long), ("short", args.short_steps,
                                                                                       args.skip_short)) if not skip]
     paths = {}
@@ -369,9 +383,7 @@ def main() -> int:
         paths[lbl].write_text(yaml.safe_dump(sweep_yaml(f"overhead_{lbl}", steps, cache)))
     out: List[str] = [f"# sweep overhead ({os.cpu_count()} CPUs on the machine, {args.cores} given to Ray)"]
     if lengths:  # the corpus cache is built once, so no variant pays for tokenising it
-        subprocess.run([sys.executable, "-c", "import sys; from gmlp_ablate.sweep import load_sweep; "
-                        "from gmlp_ablate.tasks import build_task; t = load_sweep(sys.argv[1]).trials[0]; "
-                        "build_task(t.config.task, 0)", str(paths[lengths[0][0]])], check=True, env=env, cwd=work)
+        build_cache(paths[lengths[0][0]], env, work)
     try:
         for lbl, steps in lengths:
             ours = run_ours(work, paths[lbl], f"overhead_{lbl}", args.cores, env)
