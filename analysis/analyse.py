@@ -20,6 +20,7 @@ from analysis.labels import metric_mode, metric_range
 from analysis.load import SweepData
 from gmlp_ablate import sequential
 from gmlp_ablate.names import curve_metric
+from gmlp_ablate.tuning import edge_side
 
 TUNED_PREFIX = "train."
 
@@ -115,11 +116,11 @@ def tuning_edges(tune: Optional[pd.DataFrame], runs: pd.DataFrame) -> List[str]:
         for arm, g in tune.groupby("arm", sort=False):
             tried = sorted(set(pd.to_numeric(g[k]).tolist()))
             chosen = set(pd.to_numeric(runs.loc[runs["arm"] == arm, k], errors="coerce").dropna().tolist())
-            if len(tried) < 2 or len(chosen) != 1:
+            if len(chosen) != 1:
                 continue
             (v,) = chosen
-            if v in (tried[0], tried[-1]):
-                side = "smallest" if v == tried[0] else "largest"
+            side = edge_side(tried, v)
+            if side is not None:
                 out.append(f"{arm}: `{k}` = {tables.fmt_value(v)} is the {side} value searched "
                            f"({', '.join(tables.fmt_value(x) for x in tried)}): the best setting may lie outside the range")
     return out

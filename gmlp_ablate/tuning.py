@@ -146,12 +146,18 @@ def select(sweep: Any, results: Dict[str, List[Tuple[Dict[str, Any], Optional[fl
     return best
 
 
+def edge_side(tried: List[Any], chosen: Any) -> Optional[str]:
+    """``"smallest"`` or ``"largest"`` when ``chosen`` is that end of the numbers ``tried``
+    (at least two distinct), else None: the one rule for an unfinished search, used by the
+    runner's warning and by the report."""
+    nums = sorted({x for x in tried if isinstance(x, (int, float)) and not isinstance(x, bool)})
+    if len(nums) < 2 or chosen not in nums:
+        return None
+    return "smallest" if chosen == nums[0] else "largest" if chosen == nums[-1] else None
+
+
 def on_edge(space: Dict[str, Any], settings: Dict[str, Any]) -> List[str]:
     """Keys of a grid (list) axis whose chosen value is its smallest or largest number
     (a sampled range is never hit exactly at its bounds, so it is not flagged)."""
-    out = []
-    for k, v in space.items():
-        nums = [x for x in v if isinstance(x, (int, float)) and not isinstance(x, bool)] if isinstance(v, list) else []
-        if len(nums) >= 2 and k in settings and settings[k] in (min(nums), max(nums)):
-            out.append(k)
-    return out
+    return [k for k, v in space.items()
+            if isinstance(v, list) and k in settings and edge_side(v, settings[k]) is not None]
