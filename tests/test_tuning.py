@@ -115,3 +115,18 @@ def test_a_choice_at_the_edge_of_a_grid_axis_is_flagged():
     space = {"train.lr": [1e-3, 2e-3, 4e-3], "train.warmup_steps": [30, 150], "train.beta2": {"uniform": [0.9, 0.99]}}
     assert on_edge(space, {"train.lr": 4e-3, "train.warmup_steps": 30, "train.beta2": 0.99}) == ["train.lr", "train.warmup_steps"]
     assert on_edge(space, {"train.lr": 2e-3, "train.warmup_steps": 30}) == ["train.warmup_steps"]
+
+
+def test_edge_side_is_the_one_rule_for_runner_and_report():
+    import pandas as pd
+
+    from analysis.analyse import tuning_edges
+    from gmlp_ablate.tuning import edge_side
+
+    assert edge_side([4e-3, 1e-3, 2e-3], 1e-3) == "smallest" and edge_side([1e-3, 2e-3, 4e-3], 4e-3) == "largest"
+    assert edge_side([1e-3, 2e-3, 4e-3], 2e-3) is None and edge_side([1e-3, 1e-3], 1e-3) is None
+    assert edge_side([1e-3, 4e-3], 3e-3) is None and edge_side([True, False], True) is None
+    tune = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 3, "train.lr": [1e-3, 2e-3, 4e-3] * 2})
+    runs = pd.DataFrame({"arm": ["a", "a", "b"], "train.lr": [4e-3, 4e-3, 2e-3]})
+    (line,) = tuning_edges(tune, runs)  # a chose the top of its range, b an interior value
+    assert line.startswith("a: `train.lr`") and "largest value searched" in line
