@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, FormatStrFormatter
 
 from analysis.labels import direction, metric_label, metric_range
 from analysis.stats import pareto_front
@@ -283,9 +283,12 @@ def plot_scaling(sc, values: pd.DataFrame, metric: str, path: Path, title: str) 
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.set_title(f"{ylabel} vs {xlabel}", fontsize="medium")
             ax.legend(fontsize=7, loc="best")
-        fig.suptitle(f"{title}: power-law fits (95% bootstrap intervals of the exponent b)", fontsize=10)
+        fig.suptitle(f"{title}: power-law fits (exponent b, 95% bootstrap interval over seeds)", fontsize=10)
         return _save(fig, path)

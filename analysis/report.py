@@ -461,11 +461,13 @@ def _scaling_section(doc: Doc, an: Analysis) -> None:
                  "Every size trained for the same steps and batch, so these are fits at a fixed number of training "
                  "tokens, not compute-optimal curves.")
     rows = [[r.series, XS[r.x], str(r.n_sizes), f"{r.x_min:,.0f} – {r.x_max:,.0f}", f"{r.exponent:.3f}",
-             f"[{r.lo:.3f}, {r.hi:.3f}]", f"{r.coefficient:.4g}", f"{r.r2:.3f}"]
+             f"[{r.lo:.3f}, {r.hi:.3f}]", f"[{r.fit_lo:.3f}, {r.fit_hi:.3f}]", f"{r.coefficient:.4g}", f"{r.r2:.3f}"]
             for r in sc.fits.itertuples(index=False)]
-    doc.add("table", tables.Table(header=["series", "x", "sizes", "x range", "exponent b", "95% bootstrap",
-                                          "a", "R² (log-log)"], rows=rows, align="llrrrrrr",
-                                  caption=f"Fitted {what} = a · x^b."))
+    doc.add("table", tables.Table(header=["series", "x", "sizes", "x range", "exponent b", "95% bootstrap (seeds)",
+                                          "95% from residuals", "a", "R² (log-log)"], rows=rows, align="llrrrrrrr",
+                                  caption=f"Fitted {what} = a · x^b. The bootstrap interval reflects seed noise "
+                                          "only; the residual interval (t, sizes − 2 df) also reflects how far the "
+                                          "sizes stray from a power law."))
     lines = describe_crossings(sc, an.mode)
     if lines:
         doc.add("ul", lines)

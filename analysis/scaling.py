@@ -13,7 +13,10 @@ against FLOPs per token, and says where two series' fitted curves cross.
   upwards and lives in [0, 1] (accuracy) is fitted as its error, ``1 - metric``.
 - **Intervals.** Bootstrap over seeds within each size (each resample redraws every size's
   seeds with replacement and refits), percentile 95% intervals of the exponent ``b`` and of
-  the crossing point; a fixed generator seed makes the report reproducible.
+  the crossing point; a fixed generator seed makes the report reproducible. The bootstrap
+  sees seed noise only; a second interval, from the fit's residuals (t with sizes - 2
+  degrees of freedom), sees how far the sizes stray from a power law. Two exponents are
+  called different only when both intervals of their difference exclude zero.
 - **Crossing.** Two fitted lines in log-log space cross at one ``x`` unless their exponents
   are equal. The report says whether that point lies inside the measured range (both
   series' sizes overlap there), beyond it (larger models than measured: an extrapolation),
@@ -27,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from analysis.stats import LEVEL
 
@@ -51,11 +55,12 @@ class Scaling:
     series: pd.DataFrame
     """Per arm: series label, size (params, flops_per_token), mean and n."""
     fits: pd.DataFrame
-    """Per series and x: n_sizes, x_min, x_max, exponent, lo, hi, coefficient, r2."""
+    """Per series and x: n_sizes, x_min, x_max, exponent, lo, hi (bootstrap), se_fit, fit_lo,
+    fit_hi (from the residuals), coefficient, r2."""
     crossings: pd.DataFrame
     """Per pair of series and x: crossing (x value or NaN), lo, hi, where, the bootstrap
     shares in / above / below the measured range, and the exponent difference db (a - b)
-    with its bootstrap interval db_lo, db_hi."""
+    with its bootstrap interval db_lo, db_hi and its residual interval db_fit_lo, db_fit_hi."""
 
 
 def size_axis(grid: Dict[str, List]) -> Optional[str]:
@@ -67,11 +72,18 @@ def size_axis(grid: Dict[str, List]) -> Optional[str]:
 
 
 def _label(key: Tuple, names: Sequence[str], differing: Sequence[int]) -> str:
+    """``gmlp, attn_dim=16``: the architecture, then each differing setting that is not at
+    its default (a gMLP's unused ``pos=learned`` or ``attn_dim=null`` says nothing)."""
+    from gmlp_ablate.models.config import ModelConfig
+
+    defaults = ModelConfig()
     parts = []
     for i in differing:
-        v = key[i]
-        short = names[i].split(".", 1)[-1]
-        parts.append(str(v) if short == "arch" else f"{short}={v}")
+        v, short = key[i], names[i].split(".", 1)[-1]
+        if short == "arch":
+            parts.append(str(v))
+        elif str(v) != str("null" if getattr(defaults, short, object()) is None else getattr(defaults, short, object())):
+            parts.append(f"{short}={v}")
     return ", ".join(parts) or "all"
 
 
@@ -99,6 +111,15 @@ def _fit(logx: np.ndarray, logy: np.ndarray) -> Tuple[float, float]:
         return float("nan"), float("nan")
     b, c = np.polyfit(logx, logy, 1)
     return float(b), float(c)
+
+
+def _slope_se(logx: np.ndarray, resid: np.ndarray) -> float:
+    """Standard error of a least-squares slope from its residuals (n - 2 degrees of freedom):
+    how far the sizes' means stray from a straight line in log-log space, which seed noise
+    alone (the bootstrap) does not show."""
+    n = len(logx)
+    sxx = float(np.sum((logx - logx.mean()) ** 2))
+    return float(np.sqrt(np.sum(resid ** 2) / (n - 2) / sxx)) if n > 2 and sxx > 0 else float("nan")
 
 
 def _where(logx: float, lo: float, hi: float) -> str:
@@ -147,8 +168,11 @@ def analyse_scaling(values: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFr
             coefs = np.linalg.lstsq(A, draws.T, rcond=None)[0]  # (2, resamples)
             boot[(s, xcol)] = coefs
             lo, hi = np.quantile(coefs[0], [alpha / 2, 1 - alpha / 2])
+            se = _slope_se(logx, logy - pred)
+            tq = sps.t.ppf(1 - alpha / 2, len(arms) - 2) if len(arms) > 2 else np.nan
             fit_rows.append({"series": s, "x": xcol, "n_sizes": len(arms), "x_min": float(np.exp(logx.min())),
                              "x_max": float(np.exp(logx.max())), "exponent": b, "lo": float(lo), "hi": float(hi),
+                             "se_fit": se, "fit_lo": b - tq * se, "fit_hi": b + tq * se,
                              "coefficient": float(np.exp(c)), "r2": r2})
     fits = pd.DataFrame(fit_rows)
     cross_rows = []
@@ -169,6 +193,9 @@ def analyse_scaling(values: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFr
                     stars = (c2[1] - c1[1]) / (c1[0] - c2[0])
                 where = np.array([_where(v, lo_x, hi_x) for v in stars])
                 dlo, dhi = np.quantile(c1[0] - c2[0], [alpha / 2, 1 - alpha / 2])
+                se_d = float(np.hypot(f1["se_fit"], f2["se_fit"]))
+                df_d = f1["n_sizes"] + f2["n_sizes"] - 4
+                tq = sps.t.ppf(1 - alpha / 2, df_d) if df_d > 0 else np.nan
                 finite = stars[np.isfinite(stars)]
                 qlo, qhi = (np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if len(finite) else (np.nan, np.nan))
                 with np.errstate(over="ignore"):  # a far extrapolation may overflow: inf, still "beyond"
@@ -182,6 +209,7 @@ def analyse_scaling(values: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFr
                     "share_below": float(np.mean(where == "below")),
                     "range_lo": float(np.exp(lo_x)), "range_hi": float(np.exp(hi_x)),
                     "db": float(db), "db_lo": float(dlo), "db_hi": float(dhi),
+                    "db_fit_lo": float(db - tq * se_d), "db_fit_hi": float(db + tq * se_d),
                 })
     return Scaling(size_axis=axis, transform=transform, series=table, fits=fits, crossings=pd.DataFrame(cross_rows))
 
@@ -206,7 +234,8 @@ def describe_crossings(sc: Scaling, mode: str) -> List[str]:
         head += (f"{lead_lo} ahead over the whole range ({r.range_lo:,.0f} to {r.range_hi:,.0f})" if lead_lo == lead_hi
                  else f"{lead_lo} ahead at {r.range_lo:,.0f} and {lead_hi} at {r.range_hi:,.0f}")
         head += f"; exponent difference {r.db:+.3f} [{r.db_lo:+.3f}, {r.db_hi:+.3f}]"
-        if r.where == "none" or r.db_lo <= 0 <= r.db_hi:
+        head += f" over seeds, [{r.db_fit_lo:+.3f}, {r.db_fit_hi:+.3f}] from the fits' residuals"
+        if r.where == "none" or r.db_lo <= 0 <= r.db_hi or not (r.db_fit_lo > 0 or r.db_fit_hi < 0):
             lines.append(head + ": the exponents are not resolved apart, so the data do not say whether or where "
                                 "the curves cross (parallel within the intervals).")
             continue
