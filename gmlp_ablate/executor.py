@@ -9,6 +9,7 @@ and mirrored to MLflow. A sweep without stages is one call.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -38,6 +39,8 @@ class TuneExecutor:
         """The final-stage trials asked for so far (the summary's rows)."""
         self.calls = 0
         self.started = time.time()
+        self.index: Dict[str, int] = {}
+        """trial_key -> its number in the current Tune run (its folder's name, :func:`trial_dirname`)."""
 
     def checkpoint_dir(self, key: str) -> str:
         return os.path.join(self.checkpoint_root, key)
@@ -61,8 +64,20 @@ class TuneExecutor:
             shutil.rmtree(self.checkpoint_dir(t.key), ignore_errors=True)  # a rerun trains again from step 0
 
     def _config(self, t: Any) -> Dict[str, Any]:
-        return {"trial": {"key": t.key, "arm": t.arm, "config": to_dict(t.config),
-                          "checkpoint_dir": self.checkpoint_dir(t.key)}}
+        """The trial's Tune config, its trial config as one JSON string (read by the trainable).
+
+        Tune keeps several copies of every trial's config until the run ends (the config, its
+        unresolved and flattened forms, the last result, their cached JSON); with a string, the
+        copies are references to one object instead of nested dicts of a few dozen entries.
+        """
+        return {"trial": {"key": t.key, "arm": t.arm, "index": self.index[t.key],
+                          "config": json.dumps(to_dict(t.config)), "checkpoint_dir": self.checkpoint_dir(t.key)}}
+
+    def _tune_config(self, searcher: Any, todo: List[Any], scheduler: Any) -> Any:
+        """Tune's settings for a run of ``todo``: one trial each, from ``searcher``."""
+        return tune.TuneConfig(search_alg=searcher, num_samples=len(todo), max_concurrent_trials=self.args.max_concurrent,
+                               reuse_actors=True, scheduler=scheduler, trial_dirname_creator=trial_dirname,
+                               trial_name_creator=trial_name)
 
     def run(self, trials: List[Any], stage: str = STAGE_FINAL, scheduler: Optional[Dict[str, Any]] = None) -> None:
         """Run every trial of ``trials`` whose key has no FINISHED run yet (all with --rerun)."""
@@ -83,7 +98,7 @@ class TuneExecutor:
             self.ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)
         gpu = gpu_per_trial(self.sweep.config.resources, ray.cluster_resources().get("GPU", 0.0))
         cpu = self.sweep.config.resources.cpu
-        index = {t.key: i for i, t in enumerate(todo)}
+        self.index = {t.key: i for i, t in enumerate(todo)}
         searcher = ClaimingSearcher(todo, self.claims, self._finished_since, self._config, self._prepare)
         callbacks = [MLflowMirror(self.tracker, self.experiment_id, self.parent_id, self.sweep.name,
                                   {t.key: t for t in todo}, self.ledger, self.claims, self.checkpoint_dir),
@@ -95,11 +110,7 @@ class TuneExecutor:
         tuner = tune.Tuner(
             tune.with_resources(self.trainable, {"cpu": cpu, "gpu": gpu}),
             param_space={"cpu": cpu},
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=len(todo), max_concurrent_trials=self.args.max_concurrent,
-                reuse_actors=True, scheduler=_scheduler(scheduler, trials),
-                trial_dirname_creator=lambda tr: f"t{index[tr.config['trial']['key']]:04d}_{tr.config['trial']['key'][:8]}",
-                trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}#{tr.config['trial']['key'][:6]}"),
+            tune_config=self._tune_config(searcher, todo, _scheduler(scheduler, trials)),
             run_config=tune.RunConfig(
                 name=f"{path_component(self.sweep.name)}-{self.parent_id[:8]}" + (f"-{stage}{self.calls}"
                                                                                    if self.calls > 1 else ""),
@@ -110,6 +121,23 @@ class TuneExecutor:
               f"MLflow run {self.parent_id} in {self.tracker.uri}", flush=True)
         tuner.fit()
         self.elsewhere += searcher.elsewhere
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's folder name of a trial: ``t<its number in the run>_<key prefix>``.
+
+    Module-level (pickled by reference), like :func:`trial_name`: Tune keeps each trial's state
+    as JSON with these functions cloudpickled into it, so a closure over the run's trials would
+    make every trial's saved state grow with the number of trials in the run.
+    """
+    t = trial.config["trial"]
+    return f"t{t['index']:04d}_{t['key'][:8]}"
+
+
+def trial_name(trial: Any) -> str:
+    """Tune's name of a trial: ``<arm>#<key prefix>``."""
+    t = trial.config["trial"]
+    return f"{t['arm']}#{t['key'][:6]}"
 
 
 ASHA_REDUCTION_FACTOR = 4

@@ -20,6 +20,7 @@ logged), 130 interrupted (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -57,7 +58,7 @@ def run_trial(config: Dict[str, Any]) -> None:
 
     from gmlp_ablate.train import CHECKPOINT_FILE, NonFiniteLossError, check_assigned_gpus, train
 
-    cfg = merge_trial(config["trial"]["config"])
+    cfg = merge_trial(json.loads(config["trial"]["config"]))  # a JSON string (TuneExecutor._config)
     if not cfg.train.threads:
         cfg.train.threads = max(1, int(config["cpu"]))
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
