@@ -45,11 +45,6 @@ def _key(trial: Any) -> str:
     return trial.config["trial"]["key"]
 
 
-def _stopped_early(e: Any) -> bool:
-    """The trial ended without its final report, before its last step: a stage's scheduler stopped it."""
-    return not e.final and e.last_step < e.steps
-
-
 def error_text(trial: Any) -> str:
     """The error Tune recorded for a trial (its local error file, else the synced copy)."""
     try:  # the local error file is written before the callbacks run
@@ -148,7 +143,7 @@ class MLflowMirror(Callback):
     def on_trial_complete(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
         e = self.ledger[_key(trial)]
         status, final = self.ledger.complete(e.key)
-        stopped = {TAG_STOPPED_AT: str(max(e.last_step, 0))} if _stopped_early(e) and status == FINISHED else None
+        stopped = {TAG_STOPPED_AT: str(max(e.last_step, 0))} if e.stopped_early and status == FINISHED else None
         # ``stopped``: ended by the stage's scheduler before its last step. One write, then the status.
         self.tracker.end_trial(e.run_id, status, error=e.error if status == FAILED else None,
                                failure=e.failure if status == FAILED else None, metrics=final, step=e.steps,
@@ -209,12 +204,11 @@ class ConsoleProgress(Callback):
         if e.status == FAILED:
             self._say(f"{e.label}: FAILED ({e.error})  {self._counts()}")
             return
-        if _stopped_early(e):
+        if e.stopped_early:
             self._say(f"{e.label}: stopped early by the scheduler at step {max(e.last_step, 0)}/{e.steps}  "
                       f"{self._counts()}")
             return
-        value = e.final.get(self.ledger.metric)
-        shown = f"{self.ledger.metric} {value:.4g}" if value is not None else ""
+        shown = f"{self.ledger.metric} {e.value:.4g}" if e.value is not None else ""
         self._say(f"{e.label}: done {shown}  {self._counts()}")
 
     def on_trial_recover(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:

@@ -75,6 +75,11 @@ class Entry:
     restarts: int = 0
     restart_reason: Optional[str] = None
     final: Dict[str, float] = field(default_factory=dict)
+    """The metrics of the trial's final report, until :meth:`Ledger.complete` (then released)."""
+    value: Optional[float] = None
+    """The ledger's metric in the final report, kept once the trial completed."""
+    stopped_early: bool = False
+    """Completed without its final report before its last step: a stage's scheduler stopped it."""
 
 
 @dataclass
@@ -131,17 +136,23 @@ class Ledger:
 
     def complete(self, key: str) -> Tuple[str, Dict[str, float]]:
         """The trial's function returned: FINISHED (with the final metrics to log at its last
-        step) or FAILED when it ended on a non-finite loss."""
+        step) or FAILED when it ended on a non-finite loss.
+
+        What the entry keeps afterwards is what is read after a trial's end (its status,
+        ``value``, ``stopped_early``); its final metrics and worker are released, so a long
+        sweep's ledger does not grow with the results of the trials it ran."""
         e = self.entries[key]
+        final, e.final, e.worker = e.final, {}, None
+        e.stopped_early = not final and e.last_step < e.steps
         if e.failure == FAILURE_NONFINITE:
             e.status = FAILED
             return e.status, {}
         e.status = FINISHED
-        value = e.final.get(self.metric)
+        e.value = value = final.get(self.metric)
         if value is not None and math.isfinite(value):
             if self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0]):
                 self.best = (value, e.label)
-        return e.status, {k: v for k, v in e.final.items() if k.startswith(("perf/", "time/"))}
+        return e.status, {k: v for k, v in final.items() if k.startswith(("perf/", "time/"))}
 
     def retry(self, key: str, error_text: str) -> Tuple[str, str]:
         """Tune retries the trial: (message, kind) of what made it fail."""

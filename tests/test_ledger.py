@@ -47,6 +47,25 @@ def test_complete_finishes_tracks_the_best_and_returns_the_final_perf_metrics():
     assert led.counts()[FINISHED] == 2 and led.failed() == []
 
 
+def test_a_completed_trial_keeps_only_what_is_read_after_its_end():
+    led = _ledger()
+    led.start("k1")
+    led.result("k1", {"step": 100, "val/loss": 1.5, "node_ip": "x", "pid": 1})
+    led.result("k1", {"step": 100, "final": 1, "val/loss": 1.5, "train/loss": 1.4, "perf/tokens_per_s_mean": 5.0,
+                      "time/total_s": 2.0, "node_ip": "x", "pid": 1})
+    assert led["k1"].final and led["k1"].worker == "x:1"
+    status, final = led.complete("k1")
+    assert (status, final) == (FINISHED, {"perf/tokens_per_s_mean": 5.0, "time/total_s": 2.0})
+    e = led["k1"]
+    assert e.final == {} and e.worker is None  # released: the run has them
+    assert (e.value, e.stopped_early, e.last_step, led.best) == (1.5, False, 100, (1.5, "a seed=0"))
+    # stopped by a scheduler: no final report, before its last step
+    led.start("k2")
+    led.result("k2", {"step": 20, "val/loss": 3.0, "node_ip": "x", "pid": 1})
+    assert led.complete("k2") == (FINISHED, {})
+    assert led["k2"].stopped_early and led["k2"].value is None and led.best == (1.5, "a seed=0")
+
+
 def test_nonfinite_result_fails_the_trial_with_its_step():
     led = _ledger()
     led.start("k1")
