@@ -18,9 +18,10 @@ run, Tune until the first trial starts, the worker until the first result) and s
 (last trial ends -> Tune returns -> runs closed -> summary -> Ray stopped -> process exit),
 with the time spent in ``Tracker`` calls (every MLflow read and write).
 
-Memory (``--memory``, default on): the same runner over 10 and 100 tiny trials (mqar, 20
-steps): the driver's RSS when the trials are done and its peak, and the peak RSS of one
-worker; the driver's should not grow with the number of trials.
+Memory (default on; ``--no-memory`` skips it): ``benchmarks/driver_memory.py`` on the same
+cores, the runner over 10 and 100 tiny trials (mqar, 20 steps): the driver's RSS as trials
+end, its per-trial growth, the peak RSS of one worker, and from a run with ``tracemalloc``
+which share of the growth is Ray Tune's, MLflow's and ours.
 
 Usage: python benchmarks/sweep_overhead.py [--steps 900] [--short-steps 90] [--cores 2]
            [--skip-hand] [--skip-long] [--skip-short] [--no-memory] [--plain] [--out DIR]
@@ -45,8 +46,8 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 
 # Ours, run as ``python -c DRIVER stats.json ARGS...``: phase functions and Tracker methods are
-# wrapped with timers, a thread samples the memory of the driver and of its Ray workers, then
-# the real CLI runs.
+# wrapped with timers, a thread notes when its Ray workers start, then the real CLI runs (the
+# driver's memory is measured apart: benchmarks/driver_memory.py).
 DRIVER = r"""
 import functools, json, os, resource, sys, threading, time
 import psutil
@@ -55,7 +56,7 @@ T0 = float(os.environ["SWEEP_OVERHEAD_T0"])  # when the benchmark launched this 
 now = lambda: time.time() - T0
 from gmlp_ablate import run, tracking  # (executor and callbacks import Ray: patched once it started)
 out, argv = sys.argv[1], sys.argv[2:]
-st = {"calls": {}, "per_run": {}, "phases": [], "events": [], "worker_rss": 0, "workers": {}}
+st = {"calls": {}, "per_run": {}, "phases": [], "events": [], "workers": {}}
 local = threading.local()
 
 def timed(owner, name, phase=None, track=False):
@@ -120,23 +121,16 @@ def sample():
         for p in ME.children(recursive=True):
             try:
                 if "ray::" in " ".join(p.cmdline()[:1]):
-                    st["worker_rss"] = max(st["worker_rss"], p.memory_info().rss)
                     st["workers"].setdefault(str(p.pid), p.create_time() - T0)
             except psutil.Error:
                 pass
         stop.wait(0.2)
 threading.Thread(target=sample, daemon=True).start()
-orig_close = run._close_runs
-def close_and_measure(*a, **k):
-    st["driver_rss_after_trials"] = ME.memory_info().rss
-    return orig_close(*a, **k)
-run._close_runs = close_and_measure
 real_exit = os._exit
 def exit_with_stats(code):  # run.cli() ends in os._exit, as `python -m gmlp_ablate.run` does
     stop.set()
     u = resource.getrusage(resource.RUSAGE_SELF)
     st["cpu_driver"] = u.ru_utime + u.ru_stime
-    st["driver_peak_rss"] = u.ru_maxrss * 1024
     st["code"], st["exit_at"] = code, now()
     json.dump(st, open(out, "w"))
     real_exit(code)
@@ -211,18 +205,6 @@ def sweep_yaml(name: str, steps: int, cache: Path) -> Dict[str, Any]:
         },
         "grid": {"model.sgu_split": [True, False]},
         "seeds": [0, 1, 2, 3],
-        "resources": {"cpu": 1, "gpu": 0},
-    }
-
-
-def tiny_yaml(n: int) -> Dict[str, Any]:
-    return {
-        "name": f"memory_{n}",
-        "base": {"task": {"name": "mqar", "num_kv_pairs": 2, "seq_len": 16, "num_val": 64},
-                 "model": {"dim": 16, "depth": 1},
-                 "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "log_every": 5, "warmup_steps": 2}},
-        "grid": {"model.sgu_split": [True]},
-        "seeds": list(range(n)),
         "resources": {"cpu": 1, "gpu": 0},
     }
 
@@ -401,16 +383,9 @@ def main() -> int:
                            f"{ours['wall'] / (sum(pl['totals']) / args.cores):.2f}); {load()}")
                 print(out.pop(), flush=True)
         if not args.no_memory:
-            out += ["\n### Memory: tiny trials (mqar, 20 steps), ours\n",
-                    "| trials | driver RSS when the trials are done (MB) | driver peak RSS (MB) | "
-                    "peak RSS of one worker (MB) | wall (s) | load before / after |", "|---|---|---|---|---|---|"]
-            for n in (10, 100):
-                path = work / f"memory_{n}.yaml"
-                path.write_text(yaml.safe_dump(tiny_yaml(n)))
-                r = run_ours(work, path, f"memory_{n}", args.cores, env)
-                st = r["stats"]
-                out.append(f"| {n} | {st['driver_rss_after_trials'] / 2**20:.0f} | {st['driver_peak_rss'] / 2**20:.0f} | "
-                           f"{st['worker_rss'] / 2**20:.0f} | {r['wall']:.1f} | {r['load']} |")
+            from driver_memory import measure
+
+            out += ["", *measure(work / "memory", env, [10, 100], args.cores)]
     finally:
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     print("\n".join(out))
