@@ -152,13 +152,20 @@ def read_design(params: Dict[str, str], grid_arms: Sequence[str], baseline_arms:
     return design
 
 
-def tune_select(params: Dict[str, str]) -> Optional[Tuple[str, str]]:
-    """(metric, mode) a declared tuning stage selected on (``sweep.tune``), or None."""
+def _declared_tune(params: Dict[str, str]) -> Optional[Dict[str, Any]]:
+    """The parent run's declared tuning stage (``sweep.tune``) as a dict, or None (none
+    declared, or not readable)."""
     try:
         tune = json.loads(params.get(P_TUNE, "null"))
     except (TypeError, ValueError):
         return None
-    if not isinstance(tune, dict) or not tune.get("select"):
+    return tune if isinstance(tune, dict) else None
+
+
+def tune_select(params: Dict[str, str]) -> Optional[Tuple[str, str]]:
+    """(metric, mode) a declared tuning stage selected on (``sweep.tune``), or None."""
+    tune = _declared_tune(params)
+    if tune is None or not tune.get("select"):
         return None
     return str(tune["select"]), str(tune.get("mode", "min"))
 
@@ -166,11 +173,8 @@ def tune_select(params: Dict[str, str]) -> Optional[Tuple[str, str]]:
 def tuned_keys(params: Dict[str, str]) -> List[str]:
     """The keys a declared tuning stage searched (its space and every per-arm space): each arm
     sets them for itself, by design."""
-    try:
-        tune = json.loads(params.get(P_TUNE, "null"))
-    except (TypeError, ValueError):
-        return []
-    if not isinstance(tune, dict):
+    tune = _declared_tune(params)
+    if tune is None:
         return []
     spaces = [tune.get("space") or {}] + list((tune.get("arms") or {}).values())
     return sorted({k for space in spaces if isinstance(space, dict) for k in space})

@@ -254,9 +254,8 @@ def plot_scaling(sc, values: pd.DataFrame, metric: str, path: Path, title: str) 
     line over the measured range (dotted beyond it, up to where a fitted crossing lies)."""
     series = list(dict.fromkeys(sc.series["series"]))
     pal = dict(zip(series, (_hex(c) for c in sns.color_palette("colorblind", max(len(series), 3)))))
-    fitted = 1.0 - values["value"].astype(float) if sc.transform != "metric" else values["value"].astype(float)
-    seeds = values.assign(y=fitted.to_numpy())
-    ylabel = f"1 - {metric}" if sc.transform != "metric" else metric
+    seeds = values.assign(y=sc.fitted(values["value"].to_numpy(dtype=float)))
+    ylabel = sc.label(metric)
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
         fig = _figure(11.0, 4.8)
         axes = fig.subplots(1, 2, squeeze=False)[0]

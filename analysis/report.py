@@ -453,7 +453,7 @@ def _scaling_section(doc: Doc, an: Analysis) -> None:
     from analysis.scaling import XS, describe_crossings
 
     sc = an.scaling
-    what = f"1 − {an.metric}" if sc.transform != "metric" else an.metric
+    what = sc.label(an.metric)
     doc.add("h2", "Scaling")
     doc.add("p", f"The grid varies `{sc.size_axis}`, so the report fits `{what} = a · x^b` per series (arms that "
                  "differ only in size) against parameters and against FLOPs per token: least squares in log-log "

@@ -62,6 +62,14 @@ class Scaling:
     shares in / above / below the measured range, and the exponent difference db (a - b)
     with its bootstrap interval db_lo, db_hi and its residual interval db_fit_lo, db_fit_hi."""
 
+    def fitted(self, values: np.ndarray) -> np.ndarray:
+        """What the fits are of: the metric itself, or its error ``1 - metric``."""
+        return fitted_values(values, self.transform)
+
+    def label(self, metric: str) -> str:
+        """The fitted quantity's name: ``test/bpb`` or ``1 - test/acc``."""
+        return f"1 - {metric}" if self.transform != "metric" else metric
+
 
 def size_axis(grid: Dict[str, List]) -> Optional[str]:
     """The grid axis that makes this sweep a scaling study, or None."""
@@ -105,6 +113,11 @@ def _transform(mode: str, bounds: Tuple[Optional[float], Optional[float]]) -> st
     return "1 - metric" if mode == "max" and bounds == (0.0, 1.0) else "metric"
 
 
+def fitted_values(values: np.ndarray, transform: str) -> np.ndarray:
+    """``values`` as the fits see them under ``transform`` (see :meth:`Scaling.fitted`)."""
+    return 1.0 - values if transform != "metric" else values
+
+
 def _fit(logx: np.ndarray, logy: np.ndarray) -> Tuple[float, float]:
     """Slope and intercept of the least-squares line (NaN with fewer than 2 distinct x)."""
     if len(np.unique(logx)) < 2:
@@ -138,7 +151,7 @@ def analyse_scaling(values: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFr
     per_arm: Dict[str, np.ndarray] = {}
     for arm in order:
         y = vals.loc[vals["arm"] == arm, "value"].to_numpy(dtype=float)
-        y = 1.0 - y if transform != "metric" else y
+        y = fitted_values(y, transform)
         if len(y) and np.all(y > 0):
             per_arm[arm] = y
     table = pd.DataFrame({"series": label, "params": summary["params"].reindex(label.index),

@@ -193,32 +193,26 @@ class PerArmScheduler(FIFOScheduler):
         self.by_arm = by_arm
         self._metric, self._mode = metric, mode
 
-    def _of(self, trial: Any) -> Any:
-        return self.by_arm.get(trial.config["trial"]["arm"])
+    def _forward(self, event: str, tune_controller: Any, trial: Any, *args: Any) -> Any:
+        """Call ``event`` on the trial's arm's scheduler; None when its arm has none."""
+        s = self.by_arm.get(trial.config["trial"]["arm"])
+        return None if s is None else getattr(s, event)(tune_controller, trial, *args)
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        s = self._of(trial)
-        if s is not None:
-            s.on_trial_add(tune_controller, trial)
+        self._forward("on_trial_add", tune_controller, trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        s = self._of(trial)
-        if s is not None:
-            s.on_trial_error(tune_controller, trial)
+        self._forward("on_trial_error", tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: Dict[str, Any]) -> str:
-        s = self._of(trial)
-        return s.on_trial_result(tune_controller, trial, result) if s is not None else TrialScheduler.CONTINUE
+        decision = self._forward("on_trial_result", tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if decision is None else decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: Dict[str, Any]) -> None:
-        s = self._of(trial)
-        if s is not None:
-            s.on_trial_complete(tune_controller, trial, result)
+        self._forward("on_trial_complete", tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        s = self._of(trial)
-        if s is not None:
-            s.on_trial_remove(tune_controller, trial)
+        self._forward("on_trial_remove", tune_controller, trial)
 
     def debug_string(self) -> str:
         return "\n".join(f"{arm}: {s.debug_string()}" for arm, s in self.by_arm.items()) or "FIFO"
