@@ -71,9 +71,14 @@ def _alive(pid: int, started: float) -> bool:
 
 
 def start() -> subprocess.Popen:
-    """Start the reaper for this process (the driver); terminate it after a normal shutdown."""
+    """Start the reaper for this process (the driver); terminate it after a normal shutdown.
+
+    It is started while the store opens in another thread, where MLflow writes environment
+    variables; the child gets a copy of the environment (``env=``), since an ``execve`` that
+    reads the process's own environment beside a ``setenv`` can fail ("[Errno 14] Bad address")."""
     return subprocess.Popen([sys.executable, "-m", "gmlp_ablate.reaper", str(os.getpid())], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=dict(os.environ))
 
 
 if __name__ == "__main__":

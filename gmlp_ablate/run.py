@@ -302,7 +302,8 @@ def _main(argv: Optional[List[str]]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    opening = StoreOpening(tracker, sweep.name, args.rerun)
+    _ray_environment(args)  # before the store's thread starts
+    opening = StoreOpening(tracker, sweep.name, args.rerun, check=sqlite_path(uri) is not None)
     opening.start()
     reaper, ray_failure, ray_started = None, None, False
     if sqlite_path(uri) is not None and _may_run(sweep, uri, args.rerun):
@@ -360,12 +361,17 @@ def _main(argv: Optional[List[str]]) -> int:
 class StoreOpening:
     """The store's side of a sweep's start, in a thread (Ray starts meanwhile): check (and,
     for a new sqlite file, create and migrate) the store, find or create the experiment,
-    close the runs dead drivers left RUNNING, read which trial keys are FINISHED."""
+    close the runs dead drivers left RUNNING, read which trial keys are FINISHED.
 
-    def __init__(self, tracker: Any, name: str, rerun: bool) -> None:
+    Processes are spawned meanwhile (the reaper, Ray's), while MLflow in this thread writes
+    environment variables: each spawn passes a copy of the environment (``env=``), since an
+    ``execve`` reading the process's own environment beside a ``setenv`` can be handed a freed
+    pointer (``OSError: [Errno 14] Bad address``)."""
+
+    def __init__(self, tracker: Any, name: str, rerun: bool, check: bool = True) -> None:
         import threading
 
-        self.tracker, self.name, self.rerun = tracker, name, rerun
+        self.tracker, self.name, self.rerun, self.check = tracker, name, rerun, check
         self._out: Any = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._open, name="gmlp_ablate-store", daemon=True)
@@ -377,7 +383,8 @@ class StoreOpening:
         try:
             from gmlp_ablate.claims import close_stale
 
-            self.tracker.check()
+            if self.check:  # a server's store was checked before, in the main thread
+                self.tracker.check()
             experiment_id = self.tracker.experiment_id(self.name)
             closed = close_stale(self.tracker, experiment_id)
             done = {} if self.rerun else self.tracker.finished_keys(experiment_id)
@@ -488,11 +495,9 @@ def _close_runs(tracker: Any, parent_id: str, ledger: Any, claims: Any, status: 
               file=sys.stderr)
 
 
-def _start_ray(args: argparse.Namespace) -> Any:
-    """A fresh local Ray instance on 127.0.0.1 (with a reaper that takes it down if this
-    process is killed), or a connection to the cluster at ``--address``; returns the reaper."""
-    import logging
-
+def _ray_environment(args: argparse.Namespace) -> None:
+    """The environment variables Ray and Tune read, set in this process (and so inherited by
+    Ray's processes); called in the main thread before any other thread starts."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # StopFlag handles SIGINT
@@ -501,6 +506,13 @@ def _start_ray(args: argparse.Namespace) -> Any:
         # Ray would turn 127.0.0.1 into this machine's external address (and its servers bind
         # all interfaces); with "no cluster" it keeps the loopback address and binds only it.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def _start_ray(args: argparse.Namespace) -> Any:
+    """A fresh local Ray instance on 127.0.0.1 (with a reaper that takes it down if this
+    process is killed), or a connection to the cluster at ``--address``; returns the reaper."""
+    import logging
+
     import ray
     from ray._private import ray_constants
 

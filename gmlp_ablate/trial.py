@@ -140,16 +140,18 @@ def trial_key(cfg: TrialConfig, code: Optional[str] = None) -> str:
 
 def code_version() -> str:
     """The commit of the installed source tree (``-dirty`` if modified), or ``unknown``."""
+    import os
     import subprocess
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
+    env = dict(os.environ)  # a copy: the driver's other threads may write the environment meanwhile
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, env=env)
         if sha.returncode != 0:
             return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+                               capture_output=True, text=True, timeout=5, env=env)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

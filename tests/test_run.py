@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,17 @@ def tiny_sweep(tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep")
     path = _write(d / "tiny.yaml", TINY)
     uri = f"sqlite:///{d / 'mlflow.db'}"
-    code = run.main([path, "--tracking-uri", uri, "--storage", str(d / "ray"), "--num-cpus", "2"])
-    return {"dir": d, "path": path, "uri": uri, "code": code}
+    spawns = []  # (command line, its env= argument is None, other threads alive)
+    execute_child = subprocess.Popen._execute_child
+
+    def recording(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest):
+        spawns.append((" ".join(map(str, args)), env is None, threading.active_count() > 1))
+        return execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "_execute_child", recording)
+        code = run.main([path, "--tracking-uri", uri, "--storage", str(d / "ray"), "--num-cpus", "2"])
+    return {"dir": d, "path": path, "uri": uri, "code": code, "spawns": spawns}
 
 
 def test_sweep_logs_one_parent_and_all_children(tiny_sweep):
@@ -65,6 +75,16 @@ def test_sweep_logs_one_parent_and_all_children(tiny_sweep):
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
     expected = {(t.arm, str(t.seed), t.key) for t in load_sweep(tiny_sweep["path"]).trials}
     assert {(r.data.tags["arm"], r.data.tags["seed"], r.data.tags["trial_key"]) for r in trials} == expected
+
+
+def test_every_spawn_beside_other_threads_gets_its_own_environment(tiny_sweep):
+    """The driver spawns processes (the reaper, Ray's) while other threads run, and MLflow's
+    threads write environment variables; an execve reading the process's own environment
+    beside a setenv can fail with "[Errno 14] Bad address", so every spawn passes env=."""
+    spawns = tiny_sweep["spawns"]
+    assert any("-m gmlp_ablate.reaper" in command for command, _, _ in spawns), "the reaper's spawn was recorded"
+    assert any(threaded for _, _, threaded in spawns), "spawns beside other threads were recorded"
+    assert [s for s in spawns if s[1] and s[2]] == [], "spawned with the process's own environment"
 
 
 def test_children_carry_config_tags_and_metrics(tiny_sweep):
