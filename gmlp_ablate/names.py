@@ -25,6 +25,9 @@ INFO_RESUMED_FROM_STEP = "resumed_from_step"
 """Tag (after the ``info.`` prefix is removed): the step a trial was resumed from (0 = fresh)."""
 INFO_DEVICE = "device"
 """Tag (after the ``info.`` prefix is removed): the device the trial trained on."""
+INFO_COMPILE = "compile"
+"""Tag (after the ``info.`` prefix is removed), with ``train.compile``: whether the trial
+trained compiled or declined it, and the compile probe's speed ratio."""
 
 # Metric name prefixes: val/* selects (tuning, early decisions), test/* reports.
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"

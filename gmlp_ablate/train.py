@@ -1,7 +1,8 @@
 """One trial: ``train(cfg, report=callback) -> final metrics``.
 
 AdamW with decoupled weight decay on matrices only, linear warmup + cosine decay, global
-gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``. The task's val set is
+gradient clipping, bf16 autocast on CUDA, optional ``torch.compile`` (declined where a probe
+finds it slower than eager). The task's val set is
 scored every ``eval_every`` steps and at the last step (``val/*``: what selection reads);
 its test set once, at the last step (``test/*``: what reports compare), never before. Data
 batches are a pure function of (seed, step), so a checkpoint (model, optimizer, step, RNG
@@ -25,7 +26,7 @@ try:
     import torch
     import torch.nn.functional as F
 
-    from gmlp_ablate.names import (INFO_DEVICE, INFO_PREFIX, INFO_RESUMED_FROM_STEP, METRIC_FLOPS, METRIC_PARAMS,
+    from gmlp_ablate.names import (INFO_COMPILE, INFO_DEVICE, INFO_PREFIX, INFO_RESUMED_FROM_STEP, METRIC_FLOPS, METRIC_PARAMS,
                                    METRIC_TOKENS_PER_S, METRIC_TOKENS_PER_S_MEAN, METRIC_TOTAL_TIME_S,
                                    METRIC_TRAIN_LOSS, METRIC_TRAIN_LR, METRIC_TRAIN_TIME_S, SPLIT_TEST, SPLIT_VAL)
     from gmlp_ablate.schema import ConfigError, semantic_dict
@@ -181,6 +182,58 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+COMPILE_PROBE_STEPS = 3
+"""Timed forward+backward passes of each variant in the compile probe (after warm-up)."""
+
+
+def compile_speedup(eager_s: list, compiled_s: list) -> float:
+    """The compiled step's speed relative to eager: the median of the paired ratios
+    eager time / compiled time (> 1: compiled is faster)."""
+    ratios = sorted(e / max(c, 1e-12) for e, c in zip(eager_s, compiled_s))
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+
+
+def compile_or_decline(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                       amp: Optional[torch.dtype]) -> Tuple[torch.nn.Module, str]:
+    """``torch.compile(model)`` if its training step (forward + loss + backward on the batch
+    ``x, y``) is not slower than eager here, else ``model`` itself; with the verdict for
+    ``info.compile``.
+
+    The probe compiles (the cost ``train.compile`` pays anyway), then alternates timed eager
+    and compiled passes and compares the median of their paired ratios. It changes nothing
+    the training sees: the gradients are dropped, the RNG states restored, no optimizer step.
+    """
+    rng = _rng_state(device)
+    model.train()
+    compiled = torch.compile(model)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def timed(f: Any) -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            logits = f(x)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
+                        ignore_index=IGNORE_INDEX).backward()
+        sync()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    timed(model), timed(compiled), timed(compiled)  # warm-up; the compiled graphs are built here
+    eager_s, compiled_s = [], []
+    for _ in range(COMPILE_PROBE_STEPS):
+        eager_s.append(timed(model))
+        compiled_s.append(timed(compiled))
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    speedup = compile_speedup(eager_s, compiled_s)
+    if speedup < 1.0:
+        return model, f"declined: the compiled step ran at {speedup:.2f}x eager speed on {device.type}; trained eager"
+    return compiled, f"compiled: {speedup:.2f}x eager speed on {device.type}"
+
+
 def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Optional[str] = None,
           resume_from: Optional[str] = None) -> Dict[str, Any]:
     """Train one trial and return its final metrics.
@@ -232,7 +285,12 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         if "cuda" in ck["rng"] and device.type == "cuda":
             torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
         history = ck["history"]
-    fwd = torch.compile(model) if t.compile else model
+    fwd, compile_verdict = model, None
+    if t.compile:
+        x0, y0 = task.train_batch(step, t.batch_size)
+        fwd, compile_verdict = compile_or_decline(model, x0.to(device), y0.to(device), device, amp)
+        if fwd is model:
+            print(f"train.compile: {compile_verdict}", file=sys.stderr, flush=True)
     tokens_per_step = t.batch_size * task.shape.seq_len
     eval_bs = max(t.batch_size, 64)
 
@@ -242,6 +300,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         INFO_RESUMED_FROM_STEP: str(step),
+        **({INFO_COMPILE: compile_verdict} if compile_verdict else {}),
         **{f"task.{k}": str(v) for k, v in task.info.items()},
     }
     info = {f"{INFO_PREFIX}{k}": v for k, v in info.items()}

@@ -63,7 +63,9 @@ class TrainConfig:
     precision: Precision = "auto"
     """``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32`` or ``bf16``."""
     compile: bool = knob(False, semantic=False)
-    """Wrap the model in ``torch.compile``."""
+    """Wrap the model in ``torch.compile``, unless a probe at the start finds the compiled
+    step slower than eager on this device: then the trial trains eager, and says so
+    (``info.compile``, and one line on stderr)."""
     threads: Optional[int] = knob(None, ge=1, max_value=4096, semantic=False)
     """torch intra-op threads; null = the trial's CPU share (or torch's default alone)."""
 

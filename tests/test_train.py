@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from gmlp_ablate.schema import ConfigError
-from gmlp_ablate.train import NonFiniteLossError, autocast_dtype, load_checkpoint, lr_at, train
+from gmlp_ablate.train import (NonFiniteLossError, autocast_dtype, compile_or_decline, compile_speedup, load_checkpoint,
+                               lr_at, train)
 from gmlp_ablate.trial import load_trial
 
 TINY = ["model.dim=16", "model.depth=2", "train.batch_size=8", "train.log_every=5", "train.warmup_steps=5"]
@@ -146,6 +147,49 @@ def test_nonfinite_loss_stops_with_the_step():
     with pytest.raises(NonFiniteLossError) as e:
         train(cfg)
     assert 1 <= e.value.step <= 5 and not math.isfinite(e.value.value)
+
+
+def test_compile_speedup_is_the_median_of_paired_ratios():
+    assert compile_speedup([2.0, 2.0, 2.0], [1.0, 4.0, 2.0]) == 1.0  # ratios 2, 0.5, 1
+    assert compile_speedup([1.0, 3.0], [2.0, 1.0]) == pytest.approx((0.5 + 3.0) / 2)
+    assert compile_speedup([1.0, 1.0, 1.0], [1.1, 1.2, 1.3]) < 1.0  # compiled slower on every pair
+
+
+@pytest.mark.integration
+def test_compile_probe_compiles_for_real_and_leaves_the_training_state_alone():
+    """The probe really compiles and times both steps; the model's weights, gradients and the
+    RNG (dropout, drop-path) are as before it, so a declined compile trains exactly as eager."""
+    from gmlp_ablate.models import build_model
+    from gmlp_ablate.tasks import build_task
+
+    cfg = _cfg("model.dropout=0.1", "model.prob_survival=0.5")
+    task = build_task(cfg.task, cfg.seed)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task.shape)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    x, y = task.train_batch(0, 8)
+    fwd, verdict = compile_or_decline(model, x, y, torch.device("cpu"), None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    if fwd is model:
+        assert verdict.startswith("declined: the compiled step ran at ") and verdict.endswith("x eager speed on cpu; trained eager")
+    else:
+        assert fwd._orig_mod is model and verdict.startswith("compiled: ") and verdict.endswith("x eager speed on cpu")
+        with torch.no_grad():  # the compiled module computes what the model computes
+            model.eval()
+            assert torch.allclose(fwd(x), model(x), atol=1e-5)
+
+
+@pytest.mark.integration
+def test_train_with_compile_reports_the_verdict_and_matches_eager():
+    info = {}
+    final = train(_cfg("train.compile=true"), report=lambda m, step, ck: info.update(
+        {k: v for k, v in m.items() if k.startswith("info.")}))
+    assert info["info.compile"].startswith(("compiled: ", "declined: "))
+    _, eager = _curve(_cfg())
+    assert final["val/loss"] == pytest.approx(eager["val/loss"], abs=1e-4)
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():
