@@ -5,7 +5,8 @@ For each trial length (``--steps``, about 25 s of training on one core here, and
 ``--short-steps``, about 3 s), one sweep of 8 trials (1 CPU each) runs two ways:
 
   ours  ``python -m gmlp_ablate.run`` on a fresh local Ray instance (``--num-cpus CORES``)
-        and a fresh sqlite store;
+        and a fresh sqlite store; then once more (unless ``--skip-again``) under another
+        sweep name into that store, now existing and current: a user iterating on a sweep;
   hand  the same 8 trial configs as a plain ``tune.grid_search`` over a function trainable
         that calls the same ``train()``, with ``MLflowLoggerCallback`` into a fresh sqlite
         store (:data:`HAND`, about 40 lines: what one would write without this project).
@@ -24,7 +25,7 @@ end, its per-trial growth, the peak RSS of one worker, and from a run with ``tra
 which share of the growth is Ray Tune's, MLflow's and ours.
 
 Usage: python benchmarks/sweep_overhead.py [--steps 900] [--short-steps 90] [--cores 2]
-           [--skip-hand] [--skip-long] [--skip-short] [--no-memory] [--plain] [--out DIR]
+           [--skip-hand] [--skip-again] [--skip-long] [--skip-short] [--no-memory] [--plain] [--out DIR]
 Prints markdown tables; see benchmarks/SWEEP_OVERHEAD.md for recorded results. The machine's
 load average is printed with every set of figures: other work on the cores slows the trials
 and the driver alike.
@@ -239,8 +240,11 @@ def trial_totals(uri: str, name: str) -> List[float]:
     return [r.data.metrics.get("time/total_s", 0.0) for r in runs]
 
 
-def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str]) -> Dict[str, Any]:
-    uri = f"sqlite:///{work / (name + '.db')}"
+def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str],
+             store: Optional[str] = None) -> Dict[str, Any]:
+    """``python -m gmlp_ablate.run`` on the sweep, into ``store`` (a sqlite file name under
+    ``work``; default: a new one named after the sweep)."""
+    uri = f"sqlite:///{work / (store or name + '.db')}"
     stats_path = work / f"{name}.ours.json"
     before = load()
     env = {**env, "SWEEP_OVERHEAD_T0": repr(time.time())}
@@ -302,31 +306,47 @@ def phases(r: Dict[str, Any]) -> List[tuple]:
     return rows
 
 
-def summarize(label: str, steps: int, cores: int, ours: Dict[str, Any], hand: Optional[Dict[str, Any]]) -> List[str]:
+def _events(r: Dict[str, Any], kind: str) -> List[float]:
+    return [t for e, t in r["stats"]["events"] if e == kind]
+
+
+def summarize(label: str, steps: int, cores: int, ours: Dict[str, Any], hand: Optional[Dict[str, Any]],
+              again: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The table of one trial length: ours into a new store, ours again into that store (a
+    user iterating on a sweep: the store exists and is current), and the hand-written grid."""
     st = ours["stats"]
-    ev = st["events"]
-    starts = [t for e, t in ev if e == "on_trial_start"]
-    results = [t for e, t in ev if e == "on_trial_result"]
-    ends = [t for e, t in ev if e == "on_trial_complete"]
+    ends = _events(ours, "on_trial_complete")
     eff = sum(ours["totals"]) / (cores * ours["wall"])
-    lines = [f"\n### {label}: 8 trials x {steps} steps (mean trial {sum(ours['totals']) / len(ours['totals']):.1f} s)\n",
-             "| | ours | hand-written | ratio |", "|---|---|---|---|"]
     h_eff = sum(hand["totals"]) / (cores * hand["wall"]) if hand else None
-    lines.append(f"| efficiency sum(time/total_s) / ({cores} x wall) | **{eff:.2f}** | "
-                 + (f"{h_eff:.2f} | {eff / h_eff:.2f} |" if hand else "- | - |"))
-    lines.append(f"| wall of the process (s) | {ours['wall']:.1f} | " + (f"{hand['wall']:.1f} | |" if hand else "- | |"))
-    lines.append(f"| sum of trial time/total_s (s) | {sum(ours['totals']):.1f} | "
-                 + (f"{sum(hand['totals']):.1f} | |" if hand else "- | |"))
-    lines.append(f"| process start -> first trial starts (s) | {min(starts):.1f} | "
-                 + (f"{min(hand['starts']):.1f} | |" if hand else "- | |"))
-    lines.append(f"| process start -> first result (s) | {min(results):.1f} | - | |")
-    lines.append(f"| last trial ends -> process exit (s) | {ours['wall'] - max(ends):.1f} | "
-                 + (f"{hand['wall'] - max(hand['ends']):.1f} | |" if hand else "- | |"))
-    lines.append(f"| CPU time of the driver process (s) | {st['cpu_driver']:.1f} | - | |")
-    lines.append(f"| load (1, 5, 15 min) before / after | {ours['load']} | " + (f"{hand['load']} | |" if hand else "- | |"))
-    lines += ["", "Ours, phase by phase (seconds from process start; the store thread and Ray's start overlap):", "",
-              "| phase | s | when |", "|---|---|---|"]
-    lines += [f"| {n} | {s:.2f} | {w} |" for n, s, w in phases(ours)]
+    mine = [ours] + ([again] if again else [])
+
+    def row(name: str, cells: List[str], h: str = "-", ratio: str = "") -> str:
+        return f"| {name} | " + " | ".join(cells) + f" | {h} | {ratio} |"
+
+    lines = [f"\n### {label}: 8 trials x {steps} steps (mean trial {sum(ours['totals']) / len(ours['totals']):.1f} s)\n",
+             "| | ours, new store" + (" | ours, existing store" if again else "") + " | hand-written | ours (new store) / hand |",
+             "|---|---|" + ("---|" if again else "") + "---|---|"]
+    lines.append(row(f"efficiency sum(time/total_s) / ({cores} x wall)",
+                     [f"**{sum(r['totals']) / (cores * r['wall']):.2f}**" for r in mine],
+                     f"{h_eff:.2f}" if hand else "-", f"{eff / h_eff:.2f}" if hand else "-"))
+    lines.append(row("wall of the process (s)", [f"{r['wall']:.1f}" for r in mine], f"{hand['wall']:.1f}" if hand else "-"))
+    lines.append(row("sum of trial time/total_s (s)", [f"{sum(r['totals']):.1f}" for r in mine],
+                     f"{sum(hand['totals']):.1f}" if hand else "-"))
+    lines.append(row("process start -> first trial starts (s)",
+                     [f"{min(_events(r, 'on_trial_start')):.1f}" for r in mine],
+                     f"{min(hand['starts']):.1f}" if hand else "-"))
+    lines.append(row("process start -> first result (s)", [f"{min(_events(r, 'on_trial_result')):.1f}" for r in mine]))
+    lines.append(row("last trial ends -> process exit (s)",
+                     [f"{r['wall'] - max(_events(r, 'on_trial_complete')):.1f}" for r in mine],
+                     f"{hand['wall'] - max(hand['ends']):.1f}" if hand else "-"))
+    lines.append(row("CPU time of the driver process (s)", [f"{r['stats']['cpu_driver']:.1f}" for r in mine]))
+    lines.append(row("load (1, 5, 15 min) before / after", [r["load"] for r in mine], hand["load"] if hand else "-"))
+    for r, which in ((ours, "new store"), (again, "existing store")):
+        if r is None:
+            continue
+        lines += ["", f"Ours ({which}), phase by phase (seconds from process start; the store thread and Ray's start "
+                  "overlap):", "", "| phase | s | when |", "|---|---|---|"]
+        lines += [f"| {n} | {s:.2f} | {w} |" for n, s, w in phases(r)]
     track = sum(c[1] for c in st["calls"].values())
     top = sorted(st["calls"].items(), key=lambda kv: -kv[1][1])[:5]
     share = [st["per_run"].get(rid, 0.0) for rid in st["per_run"]]
@@ -343,6 +363,8 @@ def main() -> int:
     p.add_argument("--cores", type=int, default=2, help="CPUs given to each Ray instance")
     p.add_argument("--out", default=None, help="keep stores, logs and stats here (default: a temp folder)")
     p.add_argument("--skip-hand", action="store_true", help="run only ours")
+    p.add_argument("--skip-again", action="store_true",
+                   help="skip ours' second run into the (then existing) store of its first")
     p.add_argument("--skip-long", action="store_true")
     p.add_argument("--skip-short", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the 10- and 100-trial memory runs")
@@ -363,14 +385,18 @@ def main() -> int:
     for lbl, steps in lengths:
         paths[lbl] = work / f"{lbl}.yaml"
         paths[lbl].write_text(yaml.safe_dump(sweep_yaml(f"overhead_{lbl}", steps, cache)))
+        paths[lbl + "_again"] = work / f"{lbl}_again.yaml"  # the same trials under another name
+        paths[lbl + "_again"].write_text(yaml.safe_dump(sweep_yaml(f"overhead_{lbl}_again", steps, cache)))
     out: List[str] = [f"# sweep overhead ({os.cpu_count()} CPUs on the machine, {args.cores} given to Ray)"]
     if lengths:  # the corpus cache is built once, so no variant pays for tokenising it
         build_cache(paths[lengths[0][0]], env, work)
     try:
         for lbl, steps in lengths:
             ours = run_ours(work, paths[lbl], f"overhead_{lbl}", args.cores, env)
+            again = None if args.skip_again else run_ours(work, paths[lbl + "_again"], f"overhead_{lbl}_again",
+                                                          args.cores, env, store=f"overhead_{lbl}.db")
             hand = None if args.skip_hand else run_hand(work, paths[lbl], f"overhead_{lbl}", args.cores, env)
-            out += summarize(lbl, steps, args.cores, ours, hand)
+            out += summarize(lbl, steps, args.cores, ours, hand, again)
             print("\n".join(out), flush=True)
             out = []
             if args.plain:
