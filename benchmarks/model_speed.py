@@ -4,7 +4,7 @@ One train step = forward + cross-entropy + backward + AdamW step on a batch of r
 tokens. Both models get the same configuration and the same batches; measurements of the
 two alternate (ours, reference, ours, ...) and the median of the repeats is reported.
 
-    .venv/bin/python benchmarks/model_speed.py [--compile] [--dim 128 --depth 4 ...]
+    .venv/bin/python benchmarks/model_speed.py [--compile] [--profile] [--dim 128 --depth 4 ...]
 
 On a shared machine, ``--threads 1 --clock cpu`` times the process's CPU time instead of the
 wall clock: other processes' load then barely moves the figures (with more threads, idle
@@ -112,6 +112,36 @@ def compile_row(args, causal: bool, attn_dim: Optional[int]) -> tuple:
     return paired(args, steps)
 
 
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def profile_row(args, causal: bool, attn_dim: Optional[int], steps: int = 5) -> dict:
+    """CPU time per eager training step of each model split into matrix products (GEMMs) and
+    everything else, from ``torch.profiler`` (self time of each op): {model: (step ms, GEMM
+    ms)}. What the ours/ref ratio can reach when only the non-GEMM time of ours shrinks is
+    bounded by ref step / ours GEMM time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ours, ref = build_pair(args, causal, attn_dim)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
+    y = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
+    out = {}
+    for name, model in (("ours", ours), ("ref", ref)):
+        step = make_step(model, args.vocab)
+        for _ in range(args.warmup):
+            step(x, y)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step(x, y)
+        ops = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in ops) / 1e3 / steps
+        gemm = sum(e.self_cpu_time_total for e in ops if e.key in GEMMS) / 1e3 / steps
+        out[name] = (total, gemm)
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vocab", type=int, default=256)
@@ -127,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--repeats", type=int, default=21, help="alternating measurements per model")
     p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--profile", action="store_true",
+                   help="also split each eager step's CPU time into GEMMs and the rest (torch.profiler)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine)")
     args = p.parse_args(argv)
@@ -154,6 +186,20 @@ def main(argv: Optional[List[str]] = None) -> None:
                     print(f"| {mode:7} | {row:24} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
                     continue
                 print(f"| {mode:7} | {row:24} | {ours:10.0f} | {ref:10.0f} | {ratio:8.2f} |", flush=True)
+    if args.profile:
+        header = (f"| {'row':24} | {'ours ms':>8} | {'GEMM':>8} | {'ref ms':>8} | {'GEMM':>8} | "
+                  f"{'ref/ours':>8} | {'bound':>8} |")
+        print("\nCPU time per eager step (torch.profiler, self time of each op), GEMMs = mm, addmm, bmm, baddbmm;"
+              "\nbound = ref step / ours' GEMM time: ours/ref if everything of ours but its GEMMs took no time\n"
+              + header)
+        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+        for causal in (True, False):
+            for attn_dim in (None, args.attn_dim):
+                row = f"{'causal' if causal else 'bidirectional'}, " + (f"attn {attn_dim}" if attn_dim else "no attn")
+                r = profile_row(args, causal, attn_dim)
+                (o, og), (f, fg) = r["ours"], r["ref"]
+                print(f"| {row:24} | {o:8.1f} | {og:8.1f} | {f:8.1f} | {fg:8.1f} | {f / o:8.2f} | {f / og:8.2f} |",
+                      flush=True)
     if not args.compile:
         return
     header = f"| {'ours':7} | {'row':24} | {'compile':>10} | {'eager':>10} | {'c/e':>8} |"
