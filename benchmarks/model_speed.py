@@ -105,11 +105,19 @@ def bench_row(args, causal: bool, attn_dim: Optional[int], compile_: bool) -> tu
 
 def compile_row(args, causal: bool, attn_dim: Optional[int]) -> tuple:
     """Ours compiled against ours eager (two copies of the same model): (compile tok/s,
-    eager tok/s, compile/eager speed ratio)."""
+    eager tok/s, compile/eager speed ratio, the trainer's verdict on ``train.compile``: its
+    probe, :func:`gmlp_ablate.train.compile_or_decline`, on a third copy)."""
+    from gmlp_ablate.train import compile_or_decline
+
     ours, _ = build_pair(args, causal, attn_dim)
     eager, _ = build_pair(args, causal, attn_dim)
     steps = {"compile": make_step(torch.compile(ours), args.vocab), "eager": make_step(eager, args.vocab)}
-    return paired(args, steps)
+    comp, eag, ratio = paired(args, steps)
+    probed, _ = build_pair(args, causal, attn_dim)
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(args.device) for _ in range(2))
+    _, verdict = compile_or_decline(probed, x, y, torch.device(args.device), None)
+    return comp, eag, ratio, verdict.split(":")[0]
 
 
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -202,18 +210,19 @@ def main(argv: Optional[List[str]] = None) -> None:
                       flush=True)
     if not args.compile:
         return
-    header = f"| {'ours':7} | {'row':24} | {'compile':>10} | {'eager':>10} | {'c/e':>8} |"
-    print("\nours compiled vs ours eager (c/e: median of the paired speed ratios)\n" + header)
+    header = f"| {'ours':7} | {'row':24} | {'compile':>10} | {'eager':>10} | {'c/e':>8} | {'trainer':>8} |"
+    print("\nours compiled vs ours eager (c/e: median of the paired speed ratios; trainer: what train.compile=true "
+          "does after its own probe)\n" + header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for causal in (True, False):
         for attn_dim in (None, args.attn_dim):
             row = f"{'causal' if causal else 'bidirectional'}, " + (f"attn {attn_dim}" if attn_dim else "no attn")
             try:
-                comp, eager, ratio = compile_row(args, causal, attn_dim)
+                comp, eager, ratio, verdict = compile_row(args, causal, attn_dim)
             except Exception as e:  # torch.compile needs a working C++ toolchain
                 print(f"| {'':7} | {row:24} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
                 continue
-            print(f"| {'':7} | {row:24} | {comp:10.0f} | {eager:10.0f} | {ratio:8.2f} |", flush=True)
+            print(f"| {'':7} | {row:24} | {comp:10.0f} | {eager:10.0f} | {ratio:8.2f} | {verdict:>8} |", flush=True)
 
 
 if __name__ == "__main__":

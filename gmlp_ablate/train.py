@@ -182,7 +182,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-COMPILE_PROBE_STEPS = 3
+COMPILE_PROBE_STEPS = 5
 """Timed forward+backward passes of each variant in the compile probe (after warm-up)."""
 
 
