@@ -12,5 +12,7 @@ for s in "${sweeps[@]}"; do
   start=$(date +%s)
   python -m gmlp_ablate.run "$here/sweeps/$s.yaml" || echo "sweep $s: some trials failed (exit $?)"
   echo "sweep $s: wall $(( $(date +%s) - start )) s"
-  python -m analysis.report "$s" --out "$here/results/$s"
+  extra=()  # the fair baselines' reports add every arm against gMLP as an exploratory view
+  case "$s" in fair_baseline*) extra=(--baseline attn_dim=null) ;; esac
+  python -m analysis.report "$s" "${extra[@]}" --out "$here/results/$s"
 done
