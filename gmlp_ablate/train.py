@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -143,6 +144,18 @@ def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
     return state
 
 
+def _set_rng_state(state: Dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what :func:`_rng_state` returned (its CUDA state only on a CUDA device)."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _train_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training objective: mean cross-entropy over the scored targets, in fp32."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
 def save_checkpoint(path: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
                     cfg: TrialConfig, device: torch.device, history: Dict[str, Any]) -> None:
     """Atomically write everything needed to continue the same curve from ``step``."""
@@ -189,9 +202,7 @@ COMPILE_PROBE_STEPS = 5
 def compile_speedup(eager_s: list, compiled_s: list) -> float:
     """The compiled step's speed relative to eager: the median of the paired ratios
     eager time / compiled time (> 1: compiled is faster)."""
-    ratios = sorted(e / max(c, 1e-12) for e, c in zip(eager_s, compiled_s))
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+    return statistics.median(e / max(c, 1e-12) for e, c in zip(eager_s, compiled_s))
 
 
 def compile_or_decline(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -214,8 +225,7 @@ def compile_or_decline(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
             logits = f(x)
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
-                        ignore_index=IGNORE_INDEX).backward()
+        _train_loss(logits, y).backward()
         sync()
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
@@ -225,9 +235,7 @@ def compile_or_decline(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     for _ in range(COMPILE_PROBE_STEPS):
         eager_s.append(timed(model))
         compiled_s.append(timed(compiled))
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
+    _set_rng_state(rng, device)
     speedup = compile_speedup(eager_s, compiled_s)
     if speedup < 1.0:
         return model, f"declined: the compiled step ran at {speedup:.2f}x eager speed on {device.type}; trained eager"
@@ -281,9 +289,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
-        torch.set_rng_state(ck["rng"]["cpu"])
-        if "cuda" in ck["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
+        _set_rng_state(ck["rng"], device)
         history = ck["history"]
     fwd, compile_verdict = model, None
     if t.compile:
@@ -320,7 +326,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
             logits = fwd(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE_INDEX)
+        loss = _train_loss(logits, y)
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
