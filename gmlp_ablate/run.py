@@ -510,7 +510,8 @@ def _ray_environment(args: argparse.Namespace) -> None:
 
 def _start_ray(args: argparse.Namespace) -> Any:
     """A fresh local Ray instance on 127.0.0.1 (with a reaper that takes it down if this
-    process is killed), or a connection to the cluster at ``--address``; returns the reaper."""
+    process is killed), or a connection to the cluster at ``--address``; returns the reaper.
+    The environment it needs is set before, by :func:`_ray_environment`."""
     import logging
 
     import ray

@@ -297,8 +297,8 @@ class Tracker:
         client = self.client
         # Fail fast here (a server that answers with errors is not retried for minutes); the
         # sweep's own writes keep MLflow's retries, so a server restart is only a pause.
-        # (MLflow reads them from the environment only; a sqlite store has no requests, and its
-        # check runs in a thread beside Ray's process spawns, which must not meet a setenv.)
+        # (MLflow reads them from the environment only, and a sqlite store makes no requests:
+        # its check, in the store thread, leaves the environment alone.)
         http = self.uri.startswith(("http://", "https://"))
         quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"} if http else {}
         saved = {k: os.environ.get(k) for k in quick}
