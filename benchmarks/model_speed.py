@@ -72,16 +72,17 @@ def build_pair(args, causal: bool, attn_dim: Optional[int]) -> tuple:
     return ours, ref
 
 
+def random_batch(args, g: torch.Generator) -> tuple:
+    """(x, y): random tokens of the benchmark's batch shape, on its device."""
+    return tuple(torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(args.device) for _ in range(2))
+
+
 def paired(args, steps: dict) -> tuple:
     """Alternate timed measurements of the two steps in ``steps`` ({a: step, b: step});
     return (a tok/s, b tok/s, median of the paired ratios b_time / a_time)."""
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    batches = [
-        (torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device),
-         torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device))
-        for _ in range(4)
-    ]
+    batches = [random_batch(args, g) for _ in range(4)]
     a, b = steps
     for name in (a, b):
         time_steps(steps[name], batches, args.warmup, device)
@@ -114,8 +115,7 @@ def compile_row(args, causal: bool, attn_dim: Optional[int]) -> tuple:
     steps = {"compile": make_step(torch.compile(ours), args.vocab), "eager": make_step(eager, args.vocab)}
     comp, eag, ratio = paired(args, steps)
     probed, _ = build_pair(args, causal, attn_dim)
-    g = torch.Generator().manual_seed(1)
-    x, y = (torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(args.device) for _ in range(2))
+    x, y = random_batch(args, torch.Generator().manual_seed(1))
     _, verdict = compile_or_decline(probed, x, y, torch.device(args.device), None)
     return comp, eag, ratio, verdict.split(":")[0]
 
@@ -132,10 +132,7 @@ def profile_row(args, causal: bool, attn_dim: Optional[int], steps: int = 5, rou
     from torch.profiler import ProfilerActivity, profile
 
     ours, ref = build_pair(args, causal, attn_dim)
-    device = torch.device(args.device)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
-    y = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
+    x, y = random_batch(args, torch.Generator().manual_seed(0))
     out: dict = {}
     fns = {name: make_step(model, args.vocab) for name, model in (("ours", ours), ("ref", ref))}
     for step in fns.values():

@@ -278,16 +278,18 @@ def run_hand(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str,
             "load": f"{before} / {load()}"}
 
 
+def _events(r: Dict[str, Any], kind: str) -> List[float]:
+    """Seconds from process start of each of ours' Tune events of ``kind``."""
+    return [t for e, t in r["stats"]["events"] if e == kind]
+
+
 def phases(r: Dict[str, Any]) -> List[tuple]:
     """(phase, seconds, note) of ours, from the wrapped functions' times."""
     st, wall = r["stats"], r["wall"]
     ph: Dict[str, tuple] = {}
     for name, a, b in st["phases"]:
         ph.setdefault(name, (a, b))  # the first call of each
-    ev = st["events"]
-    starts = [t for e, t in ev if e == "on_trial_start"]
-    results = [t for e, t in ev if e == "on_trial_result"]
-    ends = [t for e, t in ev if e == "on_trial_complete"]
+    starts, results, ends = (_events(r, k) for k in ("on_trial_start", "on_trial_result", "on_trial_complete"))
     tune_run = ph.get("Tune run (first trial start .. last trial end inside)", (0, 0))
     workers = sorted(st["workers"].values())
     first_pid = st.get("first_pid")
@@ -304,10 +306,6 @@ def phases(r: Dict[str, Any]) -> List[tuple]:
     order = {n: i for i, n in enumerate(["validated"])}
     rows.sort(key=lambda r: (order.get(r[0], 1), float(r[2].split(" -> ")[0]) if " -> " in r[2] else 1e9))
     return rows
-
-
-def _events(r: Dict[str, Any], kind: str) -> List[float]:
-    return [t for e, t in r["stats"]["events"] if e == kind]
 
 
 def summarize(label: str, steps: int, cores: int, ours: Dict[str, Any], hand: Optional[Dict[str, Any]],
