@@ -18,7 +18,7 @@ Nothing in the runner changes for this: the driver process imports ``gmlp_ablate
 wraps one callback method and ``_close_runs`` to take its measures, and calls the CLI.
 
 Usage: python benchmarks/driver_memory.py [--trials 10 100] [--num-cpus 1] [--frames 16]
-           [--no-trace] [--top 15] [--out DIR]
+           [--no-trace] [--top 15] [--out DIR] [--trials-per-tune-run N]
 Also run by ``benchmarks/sweep_overhead.py`` as its memory section.
 """
 
@@ -140,7 +140,7 @@ MB = 2 ** 20
 
 
 def run_driver(work: Path, n: int, cpus: int, env: Dict[str, str], frames: int = 0,
-               marks: Optional[List[int]] = None) -> Dict[str, Any]:
+               marks: Optional[List[int]] = None, per_run: Optional[int] = None) -> Dict[str, Any]:
     """One run of the runner over ``n`` tiny trials; the driver's stats (see :data:`DRIVER`)."""
     import yaml
 
@@ -152,7 +152,8 @@ def run_driver(work: Path, n: int, cpus: int, env: Dict[str, str], frames: int =
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(stats), ",".join(map(str, marks or [])), str(sweep),
                            "--tracking-uri", f"sqlite:///{work / (name + '.db')}",
-                           "--storage", str(work / f"ray_results_{name}"), "--num-cpus", str(cpus)],
+                           "--storage", str(work / f"ray_results_{name}"), "--num-cpus", str(cpus),
+                           *(["--trials-per-tune-run", str(per_run)] if per_run else [])],
                           env={**env, "DRIVER_MEMORY_FRAMES": str(frames)}, cwd=work, capture_output=True, text=True)
     wall = time.monotonic() - t0
     (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
@@ -223,17 +224,18 @@ def _short(path: str) -> str:
 
 
 def measure(work: Path, env: Dict[str, str], trials: List[int], cpus: int, frames: int = 16,
-            top: int = 15, rss: bool = True) -> List[str]:
+            top: int = 15, rss: bool = True, per_run: Optional[int] = None) -> List[str]:
     """The markdown lines of the memory section (RSS runs, then the traced run)."""
     n_small, n_big = trials
     work.mkdir(parents=True, exist_ok=True)
-    out = [f"### Driver memory: tiny trials (mqar, 20 steps), {cpus} CPU(s) given to Ray\n"]
+    out = [f"### Driver memory: tiny trials (mqar, 20 steps), {cpus} CPU(s) given to Ray, "
+           + (f"Tune runs of at most {per_run} trials\n" if per_run else "the runner's default Tune runs\n")]
     if rss:
-        small = run_driver(work, n_small, cpus, env)
-        big = run_driver(work, n_big, cpus, env)
+        small = run_driver(work, n_small, cpus, env, per_run=per_run)
+        big = run_driver(work, n_big, cpus, env, per_run=per_run)
         out += rss_lines(small, big, n_small, n_big)
     if frames:
-        tr = run_driver(work, n_big, cpus, env, frames=frames, marks=[10, n_big])
+        tr = run_driver(work, n_big, cpus, env, frames=frames, marks=[10, n_big], per_run=per_run)
         out += ["", f"Where it goes ({n_big} trials again, tracemalloc with {frames} frames; its wall "
                 f"{tr['wall']:.0f} s, load {tr['load']}):", ""]
         out += heap_lines(tr, n_big, top)
@@ -260,6 +262,8 @@ def main() -> int:
     p.add_argument("--no-rss", action="store_true", help="only the traced run")
     p.add_argument("--top", type=int, default=15, help="growing lines to list")
     p.add_argument("--out", default=None, help="keep stores, logs and stats here (default: a temp folder)")
+    p.add_argument("--trials-per-tune-run", type=int, default=None,
+                   help="the runner's flag of that name (default: the runner's default)")
     args = p.parse_args()
     if args.trials[0] < 10 or args.trials[1] <= args.trials[0]:
         p.error("--trials SMALL BIG: 10 <= SMALL < BIG")
@@ -270,7 +274,7 @@ def main() -> int:
     env = runner_env()
     try:
         lines = measure(work, env, args.trials, args.num_cpus, 0 if args.no_trace else args.frames, args.top,
-                        not args.no_rss)
+                        not args.no_rss, args.trials_per_tune_run)
     finally:
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     print("\n".join(lines))

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.util.debug import reset_log_once
 
 from gmlp_ablate.callbacks import ClaimingSearcher, ConsoleProgress, MLflowMirror, PendingWatch, StopOnSignal
 from gmlp_ablate.names import STAGE_FINAL, STAGE_TUNE, TAG_STOPPED_AT, path_component
@@ -80,7 +81,14 @@ class TuneExecutor:
                                trial_name_creator=trial_name)
 
     def run(self, trials: List[Any], stage: str = STAGE_FINAL, scheduler: Optional[Dict[str, Any]] = None) -> None:
-        """Run every trial of ``trials`` whose key has no FINISHED run yet (all with --rerun)."""
+        """Run every trial of ``trials`` whose key has no FINISHED run yet (all with --rerun).
+
+        The trials run in Tune runs of at most ``--trials-per-tune-run`` trials, one after the
+        other, so the driver's memory does not grow with the size of the sweep: Tune keeps the
+        state of every trial of a run until the run returns (see :data:`TRIALS_PER_TUNE_RUN`).
+        A stage with a scheduler is one Tune run whatever its size: its scheduler compares the
+        stage's trials with each other.
+        """
         if stage == STAGE_FINAL:
             self.final += trials
         done = set() if self.args.rerun else set(self.tracker.finished_keys(self.experiment_id))
@@ -89,13 +97,28 @@ class TuneExecutor:
             print(f"skipping {len(trials) - len(todo)} trial(s) already FINISHED or run in this invocation")
         if not todo:
             return
-        self.calls += 1
         self.ledger.best = None  # the progress lines' best is per stage, on what that stage reads
         tuning, metric = self.sweep.config.tune, self.sweep.config.metric
         self.ledger.metric, self.ledger.mode = ((tuning.select, tuning.mode) if stage == STAGE_TUNE and tuning
                                                 else (metric.name, metric.mode))
         for t in todo:
             self.ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)
+        size = len(todo) if scheduler and scheduler.get("name", "none") != "none" else self.trials_per_tune_run
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        for n, chunk in enumerate(chunks, 1):
+            if self.stop is not None and self.stop.signal is not None:
+                break  # stopping: the trials of the later runs stay pending (not run)
+            if len(chunks) > 1:
+                print(f"Tune run {n}/{len(chunks)}: {len(chunk)} of the {len(todo)} trial(s)", flush=True)
+            self._tune_run(chunk, stage, _scheduler(scheduler, trials))
+
+    @property
+    def trials_per_tune_run(self) -> int:
+        return getattr(self.args, "trials_per_tune_run", None) or TRIALS_PER_TUNE_RUN
+
+    def _tune_run(self, todo: List[Any], stage: str, scheduler: Any) -> None:
+        """One Tune run over ``todo`` (already in the ledger), each trial claimed as it starts."""
+        self.calls += 1
         gpu = gpu_per_trial(self.sweep.config.resources, ray.cluster_resources().get("GPU", 0.0))
         cpu = self.sweep.config.resources.cpu
         self.index = {t.key: i for i, t in enumerate(todo)}
@@ -110,7 +133,7 @@ class TuneExecutor:
         tuner = tune.Tuner(
             tune.with_resources(self.trainable, {"cpu": cpu, "gpu": gpu}),
             param_space={"cpu": cpu},
-            tune_config=self._tune_config(searcher, todo, _scheduler(scheduler, trials)),
+            tune_config=self._tune_config(searcher, todo, scheduler),
             run_config=tune.RunConfig(
                 name=f"{path_component(self.sweep.name)}-{self.parent_id[:8]}" + (f"-{stage}{self.calls}"
                                                                                    if self.calls > 1 else ""),
@@ -119,8 +142,22 @@ class TuneExecutor:
         )
         print(f"running {len(todo)} trial(s) on Ray ({self.args.address or 'local'}): {cpu:g} CPU + {gpu:g} GPU each; "
               f"MLflow run {self.parent_id} in {self.tracker.uri}", flush=True)
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            # Ray's "log once" keys outlive the run; Tune's JSON encoder adds one for every
+            # distinct value it cannot encode (its running statistics, per trial and snapshot).
+            reset_log_once()
         self.elsewhere += searcher.elsewhere
+
+
+TRIALS_PER_TUNE_RUN = 1000
+"""Default of ``--trials-per-tune-run``. Tune keeps every trial of a run (its config, results,
+running statistics and their cached JSON: about 0.1 MB each in the driver) until the run
+returns; a sweep of more trials is run in several Tune runs, one after the other, so the
+driver holds at most this many trials' state. Between two runs the trials of the first must
+all end before the next starts (at most one trial's length with slots idle) and the workers
+start again (their imports, about 3 s): small beside 1000 trials."""
 
 
 def trial_dirname(trial: Any) -> str:

@@ -248,6 +248,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--max-trials", type=int, default=MAX_TRIALS, help="refuse a sweep expanding to more trials "
                    f"than this (default {MAX_TRIALS}; counted before anything is built)")
+    p.add_argument("--trials-per-tune-run", type=int, default=None, help="run the trials in Ray Tune runs of at "
+                   "most this many, one after the other (default 1000; Tune holds every trial of a run in the "
+                   "driver's memory until the run ends); a stage with a scheduler is always one run")
     p.add_argument("--pending-timeout", type=float, default=None, help="with --address: give up (exit 1) when no "
                    "trial could start for this many seconds (resources the cluster does not have); default: wait")
     return p.parse_intermixed_args(argv)
@@ -270,7 +273,8 @@ def _main(argv: Optional[List[str]]) -> int:
     try:  # every check that needs neither Ray nor MLflow, so bad input fails fast and creates nothing
         for name, value, low in (("--max-concurrent", args.max_concurrent, 1), ("--retries", args.retries, 0),
                                  ("--num-cpus", args.num_cpus, 1), ("--pending-timeout", args.pending_timeout, 1),
-                                 ("--max-trials", args.max_trials, 1)):
+                                 ("--max-trials", args.max_trials, 1),
+                                 ("--trials-per-tune-run", args.trials_per_tune_run, 1)):
             if value is not None and value < low:
                 raise ConfigError(name, f"must be >= {low}, got {value}")
         check_address(args.address)

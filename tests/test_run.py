@@ -142,6 +142,27 @@ def test_added_seed_runs_only_new_trials(tiny_sweep, tmp_path, capsys):
     assert len(set(keys)) == 9
 
 
+def test_a_sweep_larger_than_one_tune_run_runs_in_several(tiny_sweep, tmp_path, capsys):
+    """Tune holds every trial of a run until the run returns: more trials than
+    --trials-per-tune-run go through several Tune runs, one after the other, each trial once."""
+    from ray.util import debug
+
+    shutil.copy(tiny_sweep["dir"] / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run.main([tiny_sweep["path"], "seeds=[0,1,2,3]", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+                     "--num-cpus", "2", "--trials-per-tune-run", "4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "skipping 6 trial(s)" in out
+    assert "Tune run 1/2: 4 of the 6 trial(s)" in out and "Tune run 2/2: 2 of the 6 trial(s)" in out
+    assert out.count("running 4 trial(s)") == 1 and out.count("running 2 trial(s)") == 1
+    _, parents, trials = _runs(uri, "tiny")
+    assert len(parents) == 2 and len(trials) == 12 and all(r.info.status == "FINISHED" for r in trials)
+    assert len({r.data.tags["trial_key"] for r in trials}) == 12
+    assert len([d for d in (tmp_path / "ray").iterdir() if d.name.startswith("tiny-")]) == 2  # two Tune runs
+    # Ray's "log once" keys that Tune's JSON encoder adds per trial are dropped after each run.
+    assert not [k for k in debug._logged if k.startswith("tune_func_encode")]
+
+
 def test_nonfinite_trial_fails_with_reason_and_others_finish(tmp_path, capsys):
     data = json.loads(json.dumps(TINY))
     data["name"] = "diverge"
@@ -211,6 +232,7 @@ def test_dry_run_prints_the_trial_table(tmp_path, capsys, monkeypatch):
         (["task.name=charlm", "task.corpus=/no/such/corpus"], "/no/such/corpus"),
         (["--address", "127.0.0.1:1"], "--address"),
         (["--tracking-uri", "http://127.0.0.1:1"], "not reachable"),
+        (["--trials-per-tune-run", "0"], "--trials-per-tune-run: must be >= 1, got 0"),
         (["--tracking-uri", "sqlite:////no/such/dir/mlflow.db"], "does not exist"),
     ],
 )
