@@ -42,6 +42,8 @@ class TuneExecutor:
         self.started = time.time()
         self.index: Dict[str, int] = {}
         """trial_key -> its number in the current Tune run (its folder's name, :func:`trial_dirname`)."""
+        self.scheduled: Optional[str] = None
+        """The metric the current Tune run's scheduler compares (the trials report it as a number)."""
 
     def checkpoint_dir(self, key: str) -> str:
         return os.path.join(self.checkpoint_root, key)
@@ -71,7 +73,7 @@ class TuneExecutor:
         unresolved and flattened forms, the last result, their cached JSON); with a string, the
         copies are references to one object instead of nested dicts of a few dozen entries.
         """
-        return {"trial": {"key": t.key, "arm": t.arm, "index": self.index[t.key],
+        return {"trial": {"key": t.key, "arm": t.arm, "index": self.index[t.key], "scheduled": self.scheduled,
                           "config": json.dumps(to_dict(t.config)), "checkpoint_dir": self.checkpoint_dir(t.key)}}
 
     def _tune_config(self, searcher: Any, todo: List[Any], scheduler: Any) -> Any:
@@ -122,6 +124,7 @@ class TuneExecutor:
         gpu = gpu_per_trial(self.sweep.config.resources, ray.cluster_resources().get("GPU", 0.0))
         cpu = self.sweep.config.resources.cpu
         self.index = {t.key: i for i, t in enumerate(todo)}
+        self.scheduled = scheduler.metric if scheduler is not None else None
         searcher = ClaimingSearcher(todo, self.claims, self._finished_since, self._config, self._prepare)
         callbacks = [MLflowMirror(self.tracker, self.experiment_id, self.parent_id, self.sweep.name,
                                   {t.key: t for t in todo}, self.ledger, self.claims, self.checkpoint_dir),

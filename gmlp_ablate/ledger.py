@@ -11,6 +11,7 @@ resumes from the last checkpoint, at or before the last logged step) yields no m
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -24,6 +25,7 @@ from gmlp_ablate.names import (
     INFO_PREFIX,
     RESULT_ERROR,
     RESULT_FINAL,
+    RESULT_METRICS,
     RESULT_NONFINITE_STEP,
     RESULT_STEP,
     TAG_NONFINITE_STEP,
@@ -53,10 +55,19 @@ def classify_error(text: str) -> Tuple[str, str]:
     return msg, kind
 
 
+def pack_metrics(metrics: Mapping[str, float], numeric: Optional[str] = None) -> Dict[str, Any]:
+    """The result keys that carry ``metrics``: all of them as one string under
+    :data:`RESULT_METRICS`, and ``numeric`` (the metric a scheduler compares) also as a number."""
+    out: Dict[str, Any] = {RESULT_METRICS: json.dumps(dict(metrics))}
+    if numeric is not None and numeric in metrics:
+        out[numeric] = metrics[numeric]
+    return out
+
+
 def metric_items(result: Mapping[str, Any]) -> Dict[str, float]:
-    """Our metrics in a result: keys with a '/' and a numeric (not bool) value."""
-    return {k: float(v) for k, v in result.items()
-            if "/" in k and not k.startswith("config") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """Our metrics in a result (:func:`pack_metrics`): numeric, not bool."""
+    packed = json.loads(result.get(RESULT_METRICS) or "{}")
+    return {k: float(v) for k, v in packed.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass

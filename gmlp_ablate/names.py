@@ -16,6 +16,12 @@ import re
 INFO_PREFIX = "info."
 """Result keys with this prefix carry strings (device, corpus hash); they become tags."""
 RESULT_STEP = "step"
+RESULT_METRICS = "metrics"
+"""The result's metrics (``train/loss``, ``val/bpb``, ...) as one JSON object in a string.
+
+Ray Tune keeps running statistics of every numeric key a trial reports (in the driver, for
+every trial of a Tune run, until the run returns): the metrics travel as one string, and a
+number only where Tune reads one (``step``, and the metric a stage's scheduler compares)."""
 RESULT_FINAL = "final"
 """Set (to 1) on the last result of a trial that ran to its end."""
 RESULT_NONFINITE_STEP = "nonfinite_step"

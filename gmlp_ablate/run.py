@@ -27,7 +27,9 @@ import signal
 import sys
 from typing import Any, Dict, List, Optional
 
-from gmlp_ablate.names import INFO_PREFIX, path_component
+from gmlp_ablate.ledger import pack_metrics
+from gmlp_ablate.names import (INFO_PREFIX, RESULT_ERROR, RESULT_FINAL, RESULT_NONFINITE_STEP, RESULT_STEP,
+                               path_component)
 from gmlp_ablate.preflight import check_address, check_local_resources, check_storage
 from gmlp_ablate.schema import ConfigError
 from gmlp_ablate.sweep import MAX_TRIALS, Sweep, Trial, load_sweep
@@ -66,18 +68,21 @@ def run_trial(config: Dict[str, Any]) -> None:
     ckdir = config["trial"]["checkpoint_dir"]
     resume = ckdir if os.path.exists(os.path.join(ckdir, CHECKPOINT_FILE)) else None
     first = {f"{INFO_PREFIX}{INFO_GPU_IDS}": ",".join(gpu_ids)} if gpu_ids else {}
+    scheduled = config["trial"].get("scheduled")  # the metric the stage's scheduler compares, if any
 
     def report(metrics: Dict[str, Any], step: int, checkpoint: Optional[str]) -> None:
-        tune.report({**metrics, **first, "step": step})
+        tags = {k: v for k, v in metrics.items() if k.startswith(INFO_PREFIX)}
+        values = {k: v for k, v in metrics.items() if not k.startswith(INFO_PREFIX)}
+        tune.report({**pack_metrics(values, scheduled), **tags, **first, RESULT_STEP: step})
         first.clear()
 
     try:
         final = train(cfg, report=report, checkpoint_dir=ckdir, resume_from=resume)
     except NonFiniteLossError as e:
         # Deterministic: a retry would diverge again, so end the trial with its reason.
-        tune.report({"step": e.step, "nonfinite_step": e.step, "error": str(e)})
+        tune.report({RESULT_STEP: e.step, RESULT_NONFINITE_STEP: e.step, RESULT_ERROR: str(e)})
         return
-    tune.report({**final, "step": cfg.train.steps, "final": 1})
+    tune.report({**pack_metrics(final), RESULT_STEP: cfg.train.steps, RESULT_FINAL: 1})
 
 
 def absolute_paths(sweep: Sweep) -> None:

@@ -9,8 +9,13 @@ import sys
 import time
 
 from gmlp_ablate import liveness
-from gmlp_ablate.ledger import FAILED, FINISHED, KILLED, RUNNING, Ledger, classify_error, metric_items
+from gmlp_ablate.ledger import FAILED, FINISHED, KILLED, RUNNING, Ledger, classify_error, metric_items, pack_metrics
 from gmlp_ablate.names import TAG_HEARTBEAT, TAG_HOST, TAG_PID, TAG_PID_START
+
+
+def _res(step: int, metrics: dict = None, **keys) -> dict:
+    """A result as the trainable reports it: metrics packed, other keys as given."""
+    return {"step": step, **pack_metrics(metrics or {}), **keys}
 
 
 def _ledger() -> Ledger:
@@ -23,15 +28,15 @@ def _ledger() -> Ledger:
 def test_result_logs_each_step_once_and_collects_tags():
     led = _ledger()
     led.start("k1")
-    first = led.result("k1", {"step": 0, "model/params": 10.0, "info.device": "cpu", "node_ip": "1.2.3.4", "pid": 7})
+    first = led.result("k1", _res(0, {"model/params": 10.0}, **{"info.device": "cpu"}, node_ip="1.2.3.4", pid=7))
     assert first.metrics == {"model/params": 10.0}
     assert first.tags == {"device": "cpu", "worker": "1.2.3.4:7"}
-    assert led.result("k1", {"step": 50, "train/loss": 2.0, "node_ip": "1.2.3.4", "pid": 7}).metrics == {"train/loss": 2.0}
+    assert led.result("k1", _res(50, {"train/loss": 2.0}, node_ip="1.2.3.4", pid=7)).metrics == {"train/loss": 2.0}
     # a retry in a new process resumes from a checkpoint at step 50: the step is not logged twice
-    again = led.result("k1", {"step": 50, "train/loss": 2.0, "info.resumed_from_step": "50", "node_ip": "1.2.3.4",
-                              "pid": 9})
+    again = led.result("k1", _res(50, {"train/loss": 2.0}, **{"info.resumed_from_step": "50"}, node_ip="1.2.3.4",
+                              pid=9))
     assert again.metrics == {} and again.tags == {"resumed_from_step": "50", "worker": "1.2.3.4:9"}
-    assert led.result("k1", {"step": 100, "val/loss": 1.5, "node_ip": "1.2.3.4", "pid": 9}).metrics == {"val/loss": 1.5}
+    assert led.result("k1", _res(100, {"val/loss": 1.5}, node_ip="1.2.3.4", pid=9)).metrics == {"val/loss": 1.5}
     assert led["k1"].last_step == 100
 
 
@@ -39,8 +44,8 @@ def test_complete_finishes_tracks_the_best_and_returns_the_final_perf_metrics():
     led = _ledger()
     for key, value in (("k1", 2.0), ("k2", 1.0)):
         led.start(key)
-        led.result(key, {"step": 100, "final": 1, "val/loss": value, "perf/tokens_per_s_mean": 5.0, "node_ip": "x",
-                         "pid": 1})
+        led.result(key, _res(100, {"val/loss": value, "perf/tokens_per_s_mean": 5.0}, final=1, node_ip="x",
+                         pid=1))
         status, final = led.complete(key)
         assert status == FINISHED and final == {"perf/tokens_per_s_mean": 5.0}
     assert led.best == (1.0, "b seed=0")
@@ -50,9 +55,9 @@ def test_complete_finishes_tracks_the_best_and_returns_the_final_perf_metrics():
 def test_a_completed_trial_keeps_only_what_is_read_after_its_end():
     led = _ledger()
     led.start("k1")
-    led.result("k1", {"step": 100, "val/loss": 1.5, "node_ip": "x", "pid": 1})
-    led.result("k1", {"step": 100, "final": 1, "val/loss": 1.5, "train/loss": 1.4, "perf/tokens_per_s_mean": 5.0,
-                      "time/total_s": 2.0, "node_ip": "x", "pid": 1})
+    led.result("k1", _res(100, {"val/loss": 1.5}, node_ip="x", pid=1))
+    led.result("k1", _res(100, {"val/loss": 1.5, "train/loss": 1.4, "perf/tokens_per_s_mean": 5.0,
+                            "time/total_s": 2.0}, final=1, node_ip="x", pid=1))
     assert led["k1"].final and led["k1"].worker == "x:1"
     status, final = led.complete("k1")
     assert (status, final) == (FINISHED, {"perf/tokens_per_s_mean": 5.0, "time/total_s": 2.0})
@@ -61,7 +66,7 @@ def test_a_completed_trial_keeps_only_what_is_read_after_its_end():
     assert (e.value, e.stopped_early, e.last_step, led.best) == (1.5, False, 100, (1.5, "a seed=0"))
     # stopped by a scheduler: no final report, before its last step
     led.start("k2")
-    led.result("k2", {"step": 20, "val/loss": 3.0, "node_ip": "x", "pid": 1})
+    led.result("k2", _res(20, {"val/loss": 3.0}, node_ip="x", pid=1))
     assert led.complete("k2") == (FINISHED, {})
     assert led["k2"].stopped_early and led["k2"].value is None and led.best == (1.5, "a seed=0")
 
@@ -105,8 +110,16 @@ def test_stop_running_kills_only_trials_with_a_run():
     assert led["k2"].status == RUNNING
 
 
-def test_metric_items_keeps_numeric_slash_keys_only():
-    assert metric_items({"val/loss": 1, "step": 3, "info.x": "a", "flag/b": True, "config/x": 1.0}) == {"val/loss": 1.0}
+def test_metrics_travel_as_one_string_and_a_number_only_where_a_scheduler_reads_one():
+    packed = pack_metrics({"val/loss": 1.5, "train/loss": 2, "flag/b": True, "x/nan": float("nan")}, numeric="val/loss")
+    # Tune keeps running statistics of each numeric key: only the scheduled metric is one
+    assert [k for k, v in packed.items() if isinstance(v, (int, float))] == ["val/loss"]
+    assert packed["val/loss"] == 1.5 and isinstance(packed["metrics"], str)
+    assert pack_metrics({"train/loss": 2.0}, numeric="val/loss").keys() == {"metrics"}  # not at this step
+    items = metric_items({**packed, "step": 3, "info.x": "a", "pid": 7})
+    assert items.keys() == {"val/loss", "train/loss", "x/nan"} and items["train/loss"] == 2.0
+    assert items["x/nan"] != items["x/nan"]  # NaN survives the round trip
+    assert metric_items({"step": 3, "val/loss": 1.0}) == {}  # a bare number is Tune's, not a metric to log
 
 
 def test_liveness_of_a_driver_from_its_tags():
