@@ -53,7 +53,9 @@ def run_trial(config: Dict[str, Any]) -> None:
     The trainer writes its checkpoint (atomically) to ``checkpoint_dir`` at each evaluation;
     a retry, or a later invocation after the driver died, continues from it. The GPU ids Ray
     assigned the trial are checked against what CUDA sees (a trial holding a GPU never trains
-    on the CPU by accident) and recorded as the ``gpu_ids`` tag.
+    on the CPU by accident) and recorded as the ``gpu_ids`` tag. Each report carries the
+    trainer's metrics packed in one string (:func:`gmlp_ablate.ledger.pack_metrics`), its
+    ``info.*`` tags and ``step`` as they are.
     """
     import ray
     from ray import tune
