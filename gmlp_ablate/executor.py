@@ -2,9 +2,9 @@
 
 :class:`TuneExecutor` is the :class:`gmlp_ablate.stages.Executor` of a sweep invocation: it
 holds the driver's Ray instance (already started), its parent run, its claims and its ledger,
-and each :meth:`~TuneExecutor.run` is one Tune run over the trials whose keys have no
-FINISHED run yet, each claimed before it starts (:class:`~gmlp_ablate.callbacks.ClaimingSearcher`)
-and mirrored to MLflow. A sweep without stages is one call.
+and each :meth:`~TuneExecutor.run` runs the trials whose keys have no FINISHED run yet in
+Tune runs of at most ``--trials-per-tune-run`` trials, each trial claimed before it starts
+(:class:`~gmlp_ablate.callbacks.ClaimingSearcher`) and mirrored to MLflow. A sweep without stages is one call.
 """
 
 from __future__ import annotations
@@ -105,18 +105,15 @@ class TuneExecutor:
                                                 else (metric.name, metric.mode))
         for t in todo:
             self.ledger.add(t.key, f"{t.arm} seed={t.seed}", t.config.train.steps)
-        size = len(todo) if scheduler and scheduler.get("name", "none") != "none" else self.trials_per_tune_run
+        tune_scheduler = _scheduler(scheduler, trials)
+        size = len(todo) if tune_scheduler is not None else self.args.trials_per_tune_run or TRIALS_PER_TUNE_RUN
         chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         for n, chunk in enumerate(chunks, 1):
             if self.stop is not None and self.stop.signal is not None:
                 break  # stopping: the trials of the later runs stay pending (not run)
             if len(chunks) > 1:
                 print(f"Tune run {n}/{len(chunks)}: {len(chunk)} of the {len(todo)} trial(s)", flush=True)
-            self._tune_run(chunk, stage, _scheduler(scheduler, trials))
-
-    @property
-    def trials_per_tune_run(self) -> int:
-        return getattr(self.args, "trials_per_tune_run", None) or TRIALS_PER_TUNE_RUN
+            self._tune_run(chunk, stage, tune_scheduler)
 
     def _tune_run(self, todo: List[Any], stage: str, scheduler: Any) -> None:
         """One Tune run over ``todo`` (already in the ledger), each trial claimed as it starts."""
