@@ -55,10 +55,15 @@ def test_rungs_are_evaluation_steps_before_the_last():
 def test_asha_stops_weak_candidates_and_only_trials_that_ran_to_the_end_are_selected(tmp_path, capsys):
     path = write_yaml(tmp_path / "s.yaml", _data(tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [path, "--tracking-uri", uri, "--storage", str(tmp_path / "results"), "--num-cpus", "2"]
+    # Tune runs of one trial: the scheduled tuning stage still runs as one (ASHA compares its
+    # trials with each other); the final stage, without a scheduler, is split.
+    args = [path, "--tracking-uri", uri, "--storage", str(tmp_path / "results"), "--num-cpus", "2",
+            "--trials-per-tune-run", "1"]
     assert run.main(args) == 0
     out = capsys.readouterr().out
     assert "stage 1 (tune): 8 trials" in out and "stage 2 (final): 2 trials" in out
+    assert "running 8 trial(s)" in out and "Tune run 1/8" not in out
+    assert "Tune run 1/2: 1 of the 2 trial(s)" in out and "Tune run 2/2: 1 of the 2 trial(s)" in out
     assert "stopped early by the scheduler at step" in out
 
     got = mlflow_runs(uri, "asha")
