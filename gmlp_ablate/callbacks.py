@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 from gmlp_ablate import liveness
 from gmlp_ablate.ledger import FAILED, FINISHED, Ledger
 from gmlp_ablate.names import (
+    CHECKPOINT_FILE,
     FAILURE_DRIVER_LOST,
     INFO_RESUMED_FROM_STEP,
     TAG_COMMIT,
@@ -113,8 +114,6 @@ class MLflowMirror(Callback):
     def _open_run(self, key: str) -> str:
         """A new run, or the unfinished run of an earlier invocation whose checkpoint the
         trial resumes from (so its curve stays in one run)."""
-        from gmlp_ablate.train import CHECKPOINT_FILE
-
         if os.path.exists(os.path.join(self.checkpoint_dir(key), CHECKPOINT_FILE)):
             earlier = [r for r in self.tracker.trial_runs(self.experiment_id, key) if r.info.status != FINISHED]
             if earlier:

@@ -27,6 +27,22 @@ from gmlp_ablate.preflight import gpu_per_trial
 from gmlp_ablate.trial import to_dict
 
 
+def trials_in_any_worker() -> None:
+    """Let Tune's trial actors run in the worker processes Ray already has.
+
+    Tune gives every trainable actor a runtime environment setting ``PL_DISABLE_FORK=1`` (for
+    PyTorch Lightning, which this project does not use). An actor whose runtime environment
+    differs from the job's cannot use the workers Ray started with the instance (idle, and
+    with :data:`gmlp_ablate.run.TRIAL_MODULES` already imported on a local instance): Ray
+    starts a new process for it and the idle ones are wasted. Without that variable, Tune's
+    runtime environment is empty (unless the driver has one of the variables Tune passes on,
+    such as ``AWS_ACCESS_KEY_ID``) and the first trials start in the waiting workers.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+
+
 class TuneExecutor:
     """Trials -> Tune runs, for one driver (``args`` are the runner's parsed flags)."""
 
@@ -44,6 +60,7 @@ class TuneExecutor:
         """trial_key -> its number in the current Tune run (its folder's name, :func:`trial_dirname`)."""
         self.scheduled: Optional[str] = None
         """The metric the current Tune run's scheduler compares (the trials report it as a number)."""
+        trials_in_any_worker()
 
     def checkpoint_dir(self, key: str) -> str:
         return os.path.join(self.checkpoint_root, key)

@@ -35,6 +35,10 @@ INFO_COMPILE = "compile"
 """Tag (after the ``info.`` prefix is removed), with ``train.compile``: whether the trial
 trained compiled or declined it, and the compile probe's speed ratio."""
 
+CHECKPOINT_FILE = "checkpoint.pt"
+"""A trial's checkpoint, in its key's folder: written by the trainer, looked for by the
+driver (which never imports torch) to tell a trial that continues from one."""
+
 # Metric name prefixes: val/* selects (tuning, early decisions), test/* reports.
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = "train", "val", "test"
 

@@ -30,6 +30,21 @@ def local_gpus() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
+def local_slots(resources: Any, num_cpus: Optional[int], max_concurrent: Optional[int]) -> int:
+    """How many trials a local Ray instance runs at once: its CPUs (``--num-cpus``, else the
+    machine's) over ``resources.cpu``, its GPUs over the GPU share of a trial, and
+    ``--max-concurrent``; at least 1."""
+    cpus = num_cpus or os.cpu_count() or 1
+    slots = int(cpus // resources.cpu) if resources.cpu > 0 else cpus
+    gpus = local_gpus()
+    share = gpu_per_trial(resources, gpus)
+    if share > 0:
+        slots = min(slots, int(gpus / share + 1e-9))
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return max(1, slots)
+
+
 def check_local_resources(resources: Any, num_cpus: Optional[int]) -> None:
     """ConfigError for a per-trial request the local instance can never meet (Tune would wait forever)."""
     cpus = num_cpus or os.cpu_count() or 1

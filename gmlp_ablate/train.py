@@ -27,9 +27,10 @@ try:
     import torch
     import torch.nn.functional as F
 
-    from gmlp_ablate.names import (INFO_COMPILE, INFO_DEVICE, INFO_PREFIX, INFO_RESUMED_FROM_STEP, METRIC_FLOPS, METRIC_PARAMS,
-                                   METRIC_TOKENS_PER_S, METRIC_TOKENS_PER_S_MEAN, METRIC_TOTAL_TIME_S,
-                                   METRIC_TRAIN_LOSS, METRIC_TRAIN_LR, METRIC_TRAIN_TIME_S, SPLIT_TEST, SPLIT_VAL)
+    from gmlp_ablate.names import (CHECKPOINT_FILE, INFO_COMPILE, INFO_DEVICE, INFO_PREFIX, INFO_RESUMED_FROM_STEP,
+                                   METRIC_FLOPS, METRIC_PARAMS, METRIC_TOKENS_PER_S, METRIC_TOKENS_PER_S_MEAN,
+                                   METRIC_TOTAL_TIME_S, METRIC_TRAIN_LOSS, METRIC_TRAIN_LR, METRIC_TRAIN_TIME_S, SPLIT_TEST,
+                                   SPLIT_VAL)
     from gmlp_ablate.schema import ConfigError, semantic_dict
     from gmlp_ablate.tasks.rules import IGNORE_INDEX
     from gmlp_ablate.trial import TrialConfig, to_dict, trial_key
@@ -40,7 +41,6 @@ except KeyboardInterrupt:  # Ctrl-C while the command line starts: as quiet as t
     sys.exit(130)
 
 Report = Callable[[Dict[str, Any], int, Optional[str]], None]
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -303,7 +303,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
     info = {
         INFO_DEVICE: device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
         "precision": str(amp).replace("torch.", "") if amp else "fp32",
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass of torch's: unpickling it would import torch
         "threads": str(torch.get_num_threads()),
         INFO_RESUMED_FROM_STEP: str(step),
         **({INFO_COMPILE: compile_verdict} if compile_verdict else {}),
