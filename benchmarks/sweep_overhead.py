@@ -17,7 +17,9 @@ wrapping its functions in the driver process (nothing in the runner is changed f
 start-up (imports and validation, the store opened in a thread while Ray starts, the parent
 run, Tune until the first trial starts, the worker until the first result) and shut-down
 (last trial ends -> Tune returns -> runs closed -> summary -> Ray stopped -> process exit),
-with the time spent in ``Tracker`` calls (every MLflow read and write).
+with the time spent in ``Tracker`` calls (every MLflow read and write). For both, when the
+first trial enters ``train()``: its run's end (ours: the MLflow run's end time, written right
+after its last result; hand-written: Tune's ``on_trial_complete``) less its ``time/total_s``.
 
 Memory (default on; ``--no-memory`` skips it): ``benchmarks/driver_memory.py`` on the same
 cores, the runner over 10 and 100 tiny trials (mqar, 20 steps): the driver's RSS as trials
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,11 +162,12 @@ def trainable(config):
     tune.report({**final, "step": cfg.train.steps})
 
 class Events(tune.Callback):
-    starts, ends = [], []
+    starts, ends, entries = [], [], []
     def on_trial_start(self, iteration, trials, trial, **info):
         self.starts.append(time.time() - T0)
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ends.append(time.time() - T0)
+        self.entries.append(self.ends[-1] - trial.last_result.get("time/total_s", 0.0))
 
 sweep, uri, storage, cores, out = sys.argv[1:6]
 trials = load_sweep(sweep).trials
@@ -176,7 +179,7 @@ tuner = tune.Tuner(
         MLflowLoggerCallback(tracking_uri=uri, experiment_name="hand", save_artifact=False), Events()]))
 results = tuner.fit()
 totals = [r.metrics["time/total_s"] for r in results]
-json.dump({"totals": totals, "starts": Events.starts, "ends": Events.ends}, open(out, "w"))
+json.dump({"totals": totals, "starts": Events.starts, "ends": Events.ends, "entries": Events.entries}, open(out, "w"))
 """
 
 # The plain loop (--plain), run as ``python -c PLAIN sweep.yaml out.json``: no Ray, no MLflow.
@@ -230,14 +233,18 @@ def build_cache(sweep_path: Path, env: Dict[str, str], cwd: Path) -> None:
                     "build_task(t.config.task, 0)", str(sweep_path)], check=True, env=env, cwd=cwd)
 
 
-def trial_totals(uri: str, name: str) -> List[float]:
+def trial_totals(uri: str, name: str, t0: float) -> Tuple[List[float], List[float]]:
+    """Each trial's ``time/total_s`` (entering ``train()`` to its return) and when it entered
+    ``train()``, in seconds from ``t0`` (the end of its MLflow run, which the driver writes
+    right after the trial's last result, less its total: a few tens of ms late)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], "tags.`gmlp_ablate.role` = 'trial'", max_results=1000)
     assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
-    return [r.data.metrics.get("time/total_s", 0.0) for r in runs]
+    totals = [r.data.metrics.get("time/total_s", 0.0) for r in runs]
+    return totals, [r.info.end_time / 1000 - t - t0 for r, t in zip(runs, totals)]
 
 
 def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str],
@@ -247,7 +254,8 @@ def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str,
     uri = f"sqlite:///{work / (store or name + '.db')}"
     stats_path = work / f"{name}.ours.json"
     before = load()
-    env = {**env, "SWEEP_OVERHEAD_T0": repr(time.time())}
+    launched = time.time()
+    env = {**env, "SWEEP_OVERHEAD_T0": repr(launched)}
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(stats_path), str(sweep_path), "--tracking-uri", uri,
                            "--storage", str(work / "ray_results"), "--num-cpus", str(cores)],
@@ -257,8 +265,8 @@ def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str,
     if proc.returncode != 0:
         raise SystemExit(f"ours failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     st = json.loads(stats_path.read_text())
-    totals = trial_totals(uri, name)
-    return {"wall": wall, "totals": totals, "stats": st, "load": f"{before} / {load()}"}
+    totals, entries = trial_totals(uri, name, launched)
+    return {"wall": wall, "totals": totals, "entries": entries, "stats": st, "load": f"{before} / {load()}"}
 
 
 def run_hand(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str]) -> Dict[str, Any]:
@@ -274,7 +282,7 @@ def run_hand(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str,
     if proc.returncode != 0:
         raise SystemExit(f"hand-written failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     st = json.loads(out.read_text())
-    return {"wall": wall, "totals": st["totals"], "starts": st["starts"], "ends": st["ends"],
+    return {"wall": wall, "totals": st["totals"], "starts": st["starts"], "ends": st["ends"], "entries": st["entries"],
             "load": f"{before} / {load()}"}
 
 
@@ -333,6 +341,8 @@ def summarize(label: str, steps: int, cores: int, ours: Dict[str, Any], hand: Op
     lines.append(row("process start -> first trial starts (s)",
                      [f"{min(_events(r, 'on_trial_start')):.1f}" for r in mine],
                      f"{min(hand['starts']):.1f}" if hand else "-"))
+    lines.append(row("process start -> first trial enters train() (s)", [f"{min(r['entries']):.1f}" for r in mine],
+                     f"{min(hand['entries']):.1f}" if hand else "-"))
     lines.append(row("process start -> first result (s)", [f"{min(_events(r, 'on_trial_result')):.1f}" for r in mine]))
     lines.append(row("last trial ends -> process exit (s)",
                      [f"{r['wall'] - max(_events(r, 'on_trial_complete')):.1f}" for r in mine],
