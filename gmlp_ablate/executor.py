@@ -36,11 +36,17 @@ def trials_in_any_worker() -> None:
     with :data:`gmlp_ablate.run.TRIAL_MODULES` already imported on a local instance): Ray
     starts a new process for it and the idle ones are wasted. Without that variable, Tune's
     runtime environment is empty (unless the driver has one of the variables Tune passes on,
-    such as ``AWS_ACCESS_KEY_ID``) and the first trials start in the waiting workers.
+    such as ``AWS_ACCESS_KEY_ID``) and the first trials start in the waiting workers. A Ray
+    without that setting (or that moved it) is left as it is: trials then start as before,
+    and ``tests/test_startup.py`` says so.
     """
-    from ray.tune.execution import class_cache
-
-    class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    env_vars = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if isinstance(env_vars, dict):
+        env_vars.pop("PL_DISABLE_FORK", None)
 
 
 class TuneExecutor:
