@@ -30,11 +30,16 @@ def local_gpus() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
+def local_cpus(num_cpus: Optional[int]) -> int:
+    """CPUs of a local Ray instance: ``--num-cpus``, else the machine's."""
+    return num_cpus or os.cpu_count() or 1
+
+
 def local_slots(resources: Any, num_cpus: Optional[int], max_concurrent: Optional[int]) -> int:
-    """How many trials a local Ray instance runs at once: its CPUs (``--num-cpus``, else the
-    machine's) over ``resources.cpu``, its GPUs over the GPU share of a trial, and
-    ``--max-concurrent``; at least 1."""
-    cpus = num_cpus or os.cpu_count() or 1
+    """How many trials a local Ray instance runs at once: its CPUs (:func:`local_cpus`) over
+    ``resources.cpu``, its GPUs over the GPU share of a trial, and ``--max-concurrent``; at
+    least 1."""
+    cpus = local_cpus(num_cpus)
     slots = int(cpus // resources.cpu) if resources.cpu > 0 else cpus
     gpus = local_gpus()
     share = gpu_per_trial(resources, gpus)
@@ -47,7 +52,7 @@ def local_slots(resources: Any, num_cpus: Optional[int], max_concurrent: Optiona
 
 def check_local_resources(resources: Any, num_cpus: Optional[int]) -> None:
     """ConfigError for a per-trial request the local instance can never meet (Tune would wait forever)."""
-    cpus = num_cpus or os.cpu_count() or 1
+    cpus = local_cpus(num_cpus)
     if resources.cpu > cpus:
         where = "--num-cpus" if num_cpus else "this machine"
         raise ConfigError("resources.cpu", f"{resources.cpu:g} CPUs per trial, but the local Ray instance has "

@@ -536,10 +536,10 @@ def _preloaded(args: argparse.Namespace, resources: Any) -> List[str]:
     workers that will run trials, not for many that never will (trials of several CPUs or
     GPU-bound on a large machine). CUDA is not initialised by the imports, so a worker still
     sees the GPUs Ray assigns its trial later."""
-    from gmlp_ablate.preflight import local_slots
+    from gmlp_ablate.preflight import local_cpus, local_slots
 
-    cpus = args.num_cpus or os.cpu_count() or 1
-    return list(TRIAL_MODULES) if 2 * local_slots(resources, args.num_cpus, args.max_concurrent) >= cpus else []
+    slots = local_slots(resources, args.num_cpus, args.max_concurrent)
+    return list(TRIAL_MODULES) if 2 * slots >= local_cpus(args.num_cpus) else []
 
 
 def _start_ray(args: argparse.Namespace, resources: Any) -> Any:

@@ -303,7 +303,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
     info = {
         INFO_DEVICE: device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
         "precision": str(amp).replace("torch.", "") if amp else "fp32",
-        "torch": str(torch.__version__),  # a str subclass of torch's: unpickling it would import torch
+        "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         INFO_RESUMED_FROM_STEP: str(step),
         **({INFO_COMPILE: compile_verdict} if compile_verdict else {}),

@@ -20,29 +20,25 @@ from gmlp_ablate.preflight import local_slots
 from gmlp_ablate.sweep import ResourcesConfig
 
 
-def _resources(**kw):
-    return ResourcesConfig(**kw)
-
-
 def test_local_slots_counts_cpus_gpus_and_the_concurrency_limit(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: gpu=auto asks for none
-    assert local_slots(_resources(cpu=1), 8, None) == 8
-    assert local_slots(_resources(cpu=3), 8, None) == 2
-    assert local_slots(_resources(cpu=0.5), 2, None) == 4
-    assert local_slots(_resources(cpu=1), 8, 3) == 3
-    assert local_slots(_resources(cpu=8), 8, None) == 1
+    assert local_slots(ResourcesConfig(cpu=1), 8, None) == 8
+    assert local_slots(ResourcesConfig(cpu=3), 8, None) == 2
+    assert local_slots(ResourcesConfig(cpu=0.5), 2, None) == 4
+    assert local_slots(ResourcesConfig(cpu=1), 8, 3) == 3
+    assert local_slots(ResourcesConfig(cpu=8), 8, None) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # 2 GPUs, 3 trials each (auto), or one whole GPU each
-    assert local_slots(_resources(cpu=1, gpu="auto", trials_per_gpu=3), 16, None) == 6
-    assert local_slots(_resources(cpu=1, gpu="1"), 16, None) == 2
+    assert local_slots(ResourcesConfig(cpu=1, gpu="auto", trials_per_gpu=3), 16, None) == 6
+    assert local_slots(ResourcesConfig(cpu=1, gpu="1"), 16, None) == 2
 
 
 def test_workers_preload_the_trial_modules_only_where_most_of_them_run_trials(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     args = SimpleNamespace(num_cpus=8, max_concurrent=None)
-    assert run._preloaded(args, _resources(cpu=1)) == list(run.TRIAL_MODULES)
-    assert run._preloaded(args, _resources(cpu=2)) == list(run.TRIAL_MODULES)  # 4 of 8 workers run trials
-    assert run._preloaded(args, _resources(cpu=4)) == []  # 2 of 8: six would import torch for nothing
-    assert run._preloaded(SimpleNamespace(num_cpus=8, max_concurrent=2), _resources(cpu=1)) == []
+    assert run._preloaded(args, ResourcesConfig(cpu=1)) == list(run.TRIAL_MODULES)
+    assert run._preloaded(args, ResourcesConfig(cpu=2)) == list(run.TRIAL_MODULES)  # 4 of 8 workers run trials
+    assert run._preloaded(args, ResourcesConfig(cpu=4)) == []  # 2 of 8: six would import torch for nothing
+    assert run._preloaded(SimpleNamespace(num_cpus=8, max_concurrent=2), ResourcesConfig(cpu=1)) == []
 
 
 SCRIPT = textwrap.dedent("""
@@ -56,22 +52,20 @@ SCRIPT = textwrap.dedent("""
     run._ray_environment(args)
     run._start_ray(args, sweep.config.resources)
 
-    def workers(torch_loaded):
+    def idle_with_torch():
         out = []
         for p in psutil.Process().children(recursive=True):
             try:
-                if p.name().startswith("ray::") and p.cmdline()[0].startswith("ray::IDLE"):
-                    maps = open(f"/proc/{p.pid}/maps").read()
-                    if not torch_loaded or "libtorch" in maps:
-                        out.append(p.pid)
+                if p.cmdline()[0].startswith("ray::IDLE") and "libtorch" in open(f"/proc/{p.pid}/maps").read():
+                    out.append(p.pid)
             except (psutil.Error, OSError, IndexError):
                 pass
         return out
 
     deadline = time.time() + 60
-    while len(workers(True)) < 2 and time.time() < deadline:
+    while len(idle_with_torch()) < 2 and time.time() < deadline:
         time.sleep(0.2)
-    idle = workers(True)
+    idle = idle_with_torch()
 
     from ray import tune
     from gmlp_ablate.executor import trials_in_any_worker
