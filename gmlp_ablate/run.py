@@ -20,12 +20,13 @@ logged), 130 interrupted (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import signal
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from gmlp_ablate.ledger import pack_metrics
 from gmlp_ablate.names import (CHECKPOINT_FILE, INFO_PREFIX, RESULT_ERROR, RESULT_FINAL, RESULT_NONFINITE_STEP, RESULT_STEP,
@@ -542,6 +543,44 @@ def _preloaded(args: argparse.Namespace, resources: Any) -> List[str]:
     return list(TRIAL_MODULES) if 2 * slots >= local_cpus(args.num_cpus) else []
 
 
+UNUSED_LOCAL_DAEMONS = ("start_api_server", "start_monitor", "start_log_monitor")
+"""The methods of Ray's ``Node`` that start the three Python daemons a local instance of a
+sweep has no use for (:func:`_without_unused_daemons`)."""
+
+
+@contextlib.contextmanager
+def _without_unused_daemons() -> Iterator[None]:
+    """While a local instance starts: without the API server, the autoscaler's monitor and the
+    log monitor.
+
+    With the dashboard off (``include_dashboard=False``) Ray still starts its API server with
+    only the usage-statistics module, and waits for it before it starts the raylet; the
+    autoscaler's monitor has nothing to scale on one fixed node; the log monitor streams
+    worker output to a driver that does not ask for it (``log_to_driver=False``). Each is a
+    Python process that imports for 0.3-0.5 s of CPU on the cores the driver, Ray's own
+    start and the preloading workers share, and the API server's wait alone is 0.5-1.5 s of
+    ``ray.init`` here (benchmarks/SWEEP_OVERHEAD.md, "Without Ray's idle daemons"). Ray itself
+    goes on without an API server that failed to start. Only ``ray.init`` in this process
+    is affected, only for as long as it runs; a Ray without these methods is left as it is
+    (``tests/test_startup.py`` checks the daemons are absent)."""
+    try:
+        from ray._private.node import Node
+    except ImportError:
+        yield
+        return
+    saved = {name: Node.__dict__[name] for name in UNUSED_LOCAL_DAEMONS if name in Node.__dict__}
+    if len(saved) != len(UNUSED_LOCAL_DAEMONS):
+        yield
+        return
+    for name in saved:
+        setattr(Node, name, lambda self, *a, **k: None)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(Node, name, fn)
+
+
 def _start_ray(args: argparse.Namespace, resources: Any) -> Any:
     """A fresh local Ray instance on 127.0.0.1 (with a reaper that takes it down if this
     process is killed), or a connection to the cluster at ``--address``; returns the reaper.
@@ -563,7 +602,10 @@ def _start_ray(args: argparse.Namespace, resources: Any) -> Any:
         reaper = reaper_mod.start()
         init_kwargs.update(include_dashboard=False, num_cpus=args.num_cpus, _node_ip_address="127.0.0.1",
                            _system_config={"preload_python_modules": _preloaded(args, resources)})
-    ray.init(**init_kwargs)
+        with _without_unused_daemons():
+            ray.init(**init_kwargs)
+    else:
+        ray.init(**init_kwargs)
     # Trial failures are reported by our callbacks (one line each, and in MLflow); Tune's own
     # tracebacks and its complaints about the result files we do not write are noise here.
     for name in ("ray.tune", "ray.train", "ray.air"):

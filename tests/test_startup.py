@@ -51,6 +51,14 @@ SCRIPT = textwrap.dedent("""
     sweep = load_sweep(args.sweep, [])
     run._ray_environment(args)
     run._start_ray(args, sweep.config.resources)
+    from ray._private.node import Node
+    restored = all(Node.__dict__[name].__name__ == name for name in run.UNUSED_LOCAL_DAEMONS)
+    daemons = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            daemons += [os.path.basename(a) for a in p.cmdline()[1:3] if a.endswith(".py")]
+        except psutil.Error:
+            pass
 
     def idle_with_torch():
         out = []
@@ -77,7 +85,8 @@ SCRIPT = textwrap.dedent("""
     results = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}),
                          tune_config=tune.TuneConfig(num_samples=2, reuse_actors=True),
                          run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0)).fit()
-    print("RESULT " + json.dumps({"idle": idle, "pids": [r.metrics["pid"] for r in results],
+    print("RESULT " + json.dumps({"daemons": sorted(daemons), "restored": restored,
+                                  "idle": idle, "pids": [r.metrics["pid"] for r in results],
                                   "torch": [r.metrics["torch_at_entry"] for r in results]}), flush=True)
     os._exit(0)
 """)
@@ -85,8 +94,9 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.integration
 def test_the_first_trials_run_in_the_workers_started_with_the_instance_with_torch_imported(tmp_path, procs):
-    """A real local instance started as the runner starts it: its two idle workers import
-    torch before any trial exists, and Tune's trials then run in those processes."""
+    """A real local instance started as the runner starts it: without the daemons it has no
+    use for, its two idle workers import torch before any trial exists, and Tune's trials
+    then run in those processes."""
     sweep = write_yaml(tmp_path / "s.yaml", {"name": "workers", "base": {"task": {"name": "mqar"}},
                                              "grid": {"model.sgu_split": [True]}, "resources": {"cpu": 1}})
     script = tmp_path / "script.py"
@@ -96,6 +106,10 @@ def test_the_first_trials_run_in_the_workers_started_with_the_instance_with_torc
     assert p.wait(timeout=180) == 0, log.read_text()[-3000:]
     line = wait_for(lambda: [x for x in log.read_text().splitlines() if x.startswith("RESULT ")], 5, "the result")
     out = json.loads(line[0][len("RESULT "):])
+    # Ray's own daemons, started as Python scripts: no API server (dashboard.py), autoscaler
+    # monitor (monitor.py) or log monitor (log_monitor.py); Ray's Node is itself again after.
+    assert not {"dashboard.py", "monitor.py", "log_monitor.py"} & set(out["daemons"]), out
+    assert out["restored"], out
     assert len(out["idle"]) == 2, out  # both workers had torch loaded before Tune started
     # Without trials_in_any_worker no trial runs in them (Ray starts a new process for each);
     # under load Ray may still start one more worker for a trial that asks before they are ready.
