@@ -7,7 +7,9 @@ Each of those sides imports the names from here; none spells them on its own.
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Optional
 
 # --------------------------------------------------------------------------------------
 # What train() reports (keys of the dict passed to its ``report`` callback)
@@ -171,3 +173,15 @@ def path_component(name: str) -> str:
     if not safe:
         raise ValueError(f"name {name!r} has no character usable in a path (letters, digits, . _ = + , -)")
     return safe
+
+
+# --------------------------------------------------------------------------------------
+# Where this project keeps what it can rebuild (tokenised corpora, the empty MLflow store)
+# --------------------------------------------------------------------------------------
+
+
+def default_cache_dir(cache_dir: Optional[str] = None) -> str:
+    """``cache_dir`` if given, else ``$GMLP_ABLATE_CACHE``, else ``~/.cache/gmlp_ablate``."""
+    return cache_dir or os.environ.get("GMLP_ABLATE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "gmlp_ablate"
+    )

@@ -145,3 +145,98 @@ def test_the_driver_runs_a_sweep_without_importing_torch(tmp_path, procs):
     assert out == {"code": 0, "torch": []}, (out, log.read_text()[-2000:])
     trials = mlflow_runs(f"sqlite:///{tmp_path / 'm.db'}", "no-torch")["trials"]
     assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED"]
+
+
+# --------------------------------------------------------------------------------------
+# A new sqlite store starts as a copy of an empty one (gmlp_ablate.tracking._store_template)
+# --------------------------------------------------------------------------------------
+
+
+def _store_contents(path):
+    """What a store holds that does not depend on when it was made: its schema (each table's
+    definition as a set of lines: MLflow's migrations write a table's constraints in an order
+    that changes from process to process), and its rows but for the default experiment's
+    creation times."""
+    import sqlite3
+
+    def lines(sql):
+        return tuple(sorted(x.strip().rstrip(",") for x in (sql or "").splitlines()))
+
+    with sqlite3.connect(path) as db:
+        schema = sorted((t, name, table, lines(sql)) for t, name, table, sql in db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+        rows = {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall(), key=str)
+                for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        rows["experiments"] = db.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage, workspace "
+                                         "FROM experiments").fetchall()
+    return schema, rows
+
+
+@pytest.fixture
+def store_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GMLP_ABLATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    return tmp_path / "cache"
+
+
+def test_a_new_sqlite_store_is_a_copy_of_an_empty_one_and_holds_what_mlflow_makes(tmp_path, store_cache, monkeypatch):
+    import mlflow
+    import mlflow.store.db.utils
+    from mlflow.tracking import MlflowClient
+
+    from gmlp_ablate.tracking import STORE_TEMPLATE, Tracker
+
+    ref = f"sqlite:///{tmp_path / 'mlflow_made.db'}"
+    MlflowClient(tracking_uri=ref, registry_uri=ref).search_experiments()  # MLflow's own creation
+    Tracker(f"sqlite:///{tmp_path / 'first.db'}").check()  # makes the template, then copies it
+    template = store_cache / STORE_TEMPLATE.format(version=mlflow.__version__)
+    assert template.is_file()
+
+    def no_migrations(engine):
+        raise AssertionError("MLflow created and migrated the store")
+
+    monkeypatch.setattr(mlflow.store.db.utils, "_initialize_tables", no_migrations)
+    Tracker(f"sqlite:///{tmp_path / 'copied.db'}").check()  # a copy: MLflow only opens it
+    monkeypatch.undo()
+
+    made = _store_contents(tmp_path / "mlflow_made.db")
+    assert made[1]["experiments"] == [(0, "Default", str(tmp_path / "mlruns" / "0"), "active", "default")]
+    for name in ("first.db", "copied.db"):
+        assert _store_contents(tmp_path / name) == made, name
+        assert (tmp_path / name).stat().st_mode == (tmp_path / "mlflow_made.db").stat().st_mode
+    ids = []
+    for name in ("mlflow_made.db", "copied.db"):
+        tracker = Tracker(f"sqlite:///{tmp_path / name}")
+        eid = tracker.experiment_id("sweep")
+        ids.append((eid, tracker.client.create_run(eid).info.run_id != ""))
+    assert ids[0] == ids[1] == ("1", True)
+
+
+def test_a_broken_or_foreign_template_is_not_what_a_new_store_becomes(tmp_path, store_cache):
+    import sqlite3
+
+    import mlflow
+
+    from gmlp_ablate.tracking import STORE_TEMPLATE, Tracker, _template_revision
+
+    template = store_cache / STORE_TEMPLATE.format(version=mlflow.__version__)
+    store_cache.mkdir()
+    template.write_bytes(b"not a database")
+    Tracker(f"sqlite:///{tmp_path / 'a.db'}").check()  # the template is made again
+    assert _template_revision(template) is not None
+    with sqlite3.connect(template) as db:  # a store of another schema (another build of MLflow)
+        db.execute("UPDATE alembic_version SET version_num = 'elsewhere'")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'b.db'}")
+    tracker.check()  # the copy does not open: MLflow creates the store itself
+    assert tracker.experiment_id("sweep") == "1"
+    assert _store_contents(tmp_path / "b.db")[0] == _store_contents(tmp_path / "a.db")[0]
+
+
+def test_without_a_cache_folder_mlflow_creates_the_store(tmp_path, monkeypatch):
+    from gmlp_ablate.tracking import Tracker
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("GMLP_ABLATE_CACHE", str(tmp_path / "a_file" / "cache"))  # cannot be made
+    tracker = Tracker(f"sqlite:///{tmp_path / 's.db'}")
+    tracker.check()
+    assert tracker.experiment_id("sweep") == "1"

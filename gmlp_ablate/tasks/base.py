@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
 from gmlp_ablate.models.config import TaskShape
-from gmlp_ablate.names import SPLIT_TEST, SPLIT_VAL, split_metric
+from gmlp_ablate.names import SPLIT_TEST, SPLIT_VAL, default_cache_dir, split_metric
 from gmlp_ablate.tasks.rules import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "Task", "TaskShape", "generator", "default_cache_dir"]
@@ -76,8 +75,3 @@ def generator(seed: int, *stream: int) -> torch.Generator:
     g.manual_seed(h)
     return g
 
-
-def default_cache_dir(cache_dir: Optional[str]) -> str:
-    return cache_dir or os.environ.get("GMLP_ABLATE_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "gmlp_ablate"
-    )
