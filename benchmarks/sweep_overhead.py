@@ -27,7 +27,8 @@ end, its per-trial growth, the peak RSS of one worker, and from a run with ``tra
 which share of the growth is Ray Tune's, MLflow's and ours.
 
 Usage: python benchmarks/sweep_overhead.py [--steps 900] [--short-steps 90] [--cores 2]
-           [--skip-hand] [--skip-again] [--skip-long] [--skip-short] [--no-memory] [--plain] [--out DIR]
+           [--skip-hand] [--skip-again] [--skip-long] [--skip-short] [--no-memory] [--plain]
+           [--cold-store-template] [--out DIR]
 Prints markdown tables; see benchmarks/SWEEP_OVERHEAD.md for recorded results. The machine's
 load average is printed with every set of figures: other work on the cores slows the trials
 and the driver alike.
@@ -247,11 +248,22 @@ def trial_totals(uri: str, name: str, t0: float) -> Tuple[List[float], List[floa
     return totals, [r.info.end_time / 1000 - t - t0 for r, t in zip(runs, totals)]
 
 
+def store_template(env: Dict[str, str]) -> Path:
+    """The empty MLflow store a new sqlite store is copied from (``gmlp_ablate.tracking``)."""
+    from importlib.metadata import version
+
+    from gmlp_ablate.names import default_cache_dir
+    from gmlp_ablate.tracking import STORE_TEMPLATE
+
+    return Path(env.get("GMLP_ABLATE_CACHE") or default_cache_dir()) / STORE_TEMPLATE.format(version=version("mlflow"))
+
+
 def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str],
              store: Optional[str] = None) -> Dict[str, Any]:
     """``python -m gmlp_ablate.run`` on the sweep, into ``store`` (a sqlite file name under
     ``work``; default: a new one named after the sweep)."""
     uri = f"sqlite:///{work / (store or name + '.db')}"
+    template_cached = store_template(env).is_file()
     stats_path = work / f"{name}.ours.json"
     before = load()
     launched = time.time()
@@ -266,7 +278,8 @@ def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str,
         raise SystemExit(f"ours failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     st = json.loads(stats_path.read_text())
     totals, entries = trial_totals(uri, name, launched)
-    return {"wall": wall, "totals": totals, "entries": entries, "stats": st, "load": f"{before} / {load()}"}
+    return {"wall": wall, "totals": totals, "entries": entries, "stats": st, "load": f"{before} / {load()}",
+            "template_cached": template_cached}
 
 
 def run_hand(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str]) -> Dict[str, Any]:
@@ -349,6 +362,9 @@ def summarize(label: str, steps: int, cores: int, ours: Dict[str, Any], hand: Op
                      f"{hand['wall'] - max(hand['ends']):.1f}" if hand else "-"))
     lines.append(row("CPU time of the driver process (s)", [f"{r['stats']['cpu_driver']:.1f}" for r in mine]))
     lines.append(row("load (1, 5, 15 min) before / after", [r["load"] for r in mine], hand["load"] if hand else "-"))
+    lines.append(f"\nOurs, new store: the empty store it is copied from was "
+                 + ("cached before the run." if ours["template_cached"] else
+                    "not cached yet: this run made it (the first new store of an MLflow version does)."))
     for r, which in ((ours, "new store"), (again, "existing store")):
         if r is None:
             continue
@@ -377,6 +393,9 @@ def main() -> int:
     p.add_argument("--skip-short", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the 10- and 100-trial memory runs")
     p.add_argument("--plain", action="store_true", help="also the 8 trials in a plain loop (no Ray, no MLflow)")
+    p.add_argument("--cold-store-template", action="store_true",
+                   help="ours' new stores start without the cached empty store (a fresh GMLP_ABLATE_CACHE): "
+                        "the first run of each length makes it, as the first new store of an MLflow version does")
     args = p.parse_args()
 
     import yaml
@@ -400,6 +419,8 @@ def main() -> int:
         build_cache(paths[lengths[0][0]], env, work)
     try:
         for lbl, steps in lengths:
+            if args.cold_store_template:
+                env["GMLP_ABLATE_CACHE"] = tempfile.mkdtemp(prefix=f"cache_{lbl}_", dir=work)
             ours = run_ours(work, paths[lbl], f"overhead_{lbl}", args.cores, env)
             again = None if args.skip_again else run_ours(work, paths[lbl + "_again"], f"overhead_{lbl}_again",
                                                           args.cores, env, store=f"overhead_{lbl}.db")

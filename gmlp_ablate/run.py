@@ -543,6 +543,14 @@ def _preloaded(args: argparse.Namespace, resources: Any) -> List[str]:
     return list(TRIAL_MODULES) if 2 * slots >= local_cpus(args.num_cpus) else []
 
 
+QUICK_RETRIES = {"raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
+"""Ray system settings of a local instance: retry a local socket connection every 0.1 s, 100
+times, instead of every second, 10 times (the same 10 s of patience). As a raylet starts, it
+connects to the object store it has just started in another thread; in about one start in
+four here the store was not listening yet, and the raylet, so the whole instance, waited a
+full second before its second try (benchmarks/SWEEP_OVERHEAD.md, "Without Ray's idle
+daemons")."""
+
 UNUSED_LOCAL_DAEMONS = ("start_api_server", "start_monitor", "start_log_monitor")
 """The methods of Ray's ``Node`` that start the three Python daemons a local instance of a
 sweep has no use for (:func:`_without_unused_daemons`)."""
@@ -601,7 +609,7 @@ def _start_ray(args: argparse.Namespace, resources: Any) -> Any:
 
         reaper = reaper_mod.start()
         init_kwargs.update(include_dashboard=False, num_cpus=args.num_cpus, _node_ip_address="127.0.0.1",
-                           _system_config={"preload_python_modules": _preloaded(args, resources)})
+                           _system_config={"preload_python_modules": _preloaded(args, resources), **QUICK_RETRIES})
         with _without_unused_daemons():
             ray.init(**init_kwargs)
     else:

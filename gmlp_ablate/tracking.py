@@ -4,8 +4,10 @@ Layout: experiment = sweep name; one parent run per invocation of ``gmlp_ablate.
 nested child run per trial (tag ``mlflow.parentRunId``), with the whole resolved trial config
 as dotted params and the tags of :mod:`gmlp_ablate.names`. All writes go through one
 ``MlflowClient`` in the driver (batched with ``log_batch``); "database is locked" from another
-process on the same sqlite file is retried, and the first creation (schema migration) of a
-sqlite store is serialised across processes by an ``flock`` on the store's folder.
+process on the same sqlite file is retried, and the first creation of a sqlite store is
+serialised across processes by an ``flock`` on the store's folder. A new sqlite store starts
+as a copy of an empty one this MLflow made and migrated before (:func:`_store_template`,
+cached per MLflow version), so MLflow opens it instead of running its schema migrations.
 
 URIs are checked in stages: :func:`check_uri` (no MLflow import, nothing created: scheme,
 sqlite folder, that an existing sqlite file is an MLflow store, a TCP connect to a server),

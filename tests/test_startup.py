@@ -51,7 +51,9 @@ SCRIPT = textwrap.dedent("""
     sweep = load_sweep(args.sweep, [])
     run._ray_environment(args)
     run._start_ray(args, sweep.config.resources)
+    import ray
     from ray._private.node import Node
+    system_config = {k: ray._private.state.state.get_system_config().get(k) for k in run.QUICK_RETRIES}
     restored = all(Node.__dict__[name].__name__ == name for name in run.UNUSED_LOCAL_DAEMONS)
     daemons = []
     for p in psutil.Process().children(recursive=True):
@@ -85,7 +87,7 @@ SCRIPT = textwrap.dedent("""
     results = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}),
                          tune_config=tune.TuneConfig(num_samples=2, reuse_actors=True),
                          run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0)).fit()
-    print("RESULT " + json.dumps({"daemons": sorted(daemons), "restored": restored,
+    print("RESULT " + json.dumps({"daemons": sorted(daemons), "restored": restored, "system_config": system_config,
                                   "idle": idle, "pids": [r.metrics["pid"] for r in results],
                                   "torch": [r.metrics["torch_at_entry"] for r in results]}), flush=True)
     os._exit(0)
@@ -110,6 +112,7 @@ def test_the_first_trials_run_in_the_workers_started_with_the_instance_with_torc
     # monitor (monitor.py) or log monitor (log_monitor.py); Ray's Node is itself again after.
     assert not {"dashboard.py", "monitor.py", "log_monitor.py"} & set(out["daemons"]), out
     assert out["restored"], out
+    assert out["system_config"] == run.QUICK_RETRIES, out  # the instance retries its local connections quickly
     assert len(out["idle"]) == 2, out  # both workers had torch loaded before Tune started
     # Without trials_in_any_worker no trial runs in them (Ray starts a new process for each);
     # under load Ray may still start one more worker for a trial that asks before they are ready.
