@@ -5,8 +5,9 @@ with its answers what their side needs (the MLflow mirror logs, the console prin
 rules live here once and are tested without starting anything.
 
 States: PENDING -> RUNNING -> FINISHED | FAILED | KILLED. A retried trial goes back to
-RUNNING in the same run; a result at a step already logged (a retry or a later invocation
-resumes from the last checkpoint, at or before the last logged step) yields no metrics.
+RUNNING in the same run; a result at a step already logged yields no metrics (a retry or a
+later invocation resumes from the last checkpoint and first sends again every report up to
+it, of which only those the run lacks, when a driver died before logging them, are logged).
 """
 
 from __future__ import annotations

@@ -251,7 +251,9 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         report: called as ``report(metrics, step, checkpoint_path_or_None)`` at step 0 (model
             size, ``info.*``), every ``log_every`` steps (train metrics) and at every
             evaluation (``val/*``, with the checkpoint path when one was just written); the
-            last step's also carries ``test/*``.
+            last step's also carries ``test/*``. Resumed, the trial reports step 0's again,
+            then every report up to its checkpoint's step as it was first sent (the
+            checkpoint keeps them), then goes on.
         checkpoint_dir: where to write ``checkpoint.pt`` at each evaluation (and every
             ``checkpoint_every`` steps); None = no checkpoints.
         resume_from: a checkpoint file (or a folder holding one) to continue from.
@@ -283,7 +285,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
     opt = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
                             **({"fused": True} if fused else {}))
     step = 0
-    history: Dict[str, Any] = {"val": {}, "train_time_s": 0.0, "train_tokens": 0}
+    history: Dict[str, Any] = {"val": {}, "train_time_s": 0.0, "train_tokens": 0, "reports": []}
     if resume_from:
         ck = load_checkpoint(checkpoint_file(resume_from), cfg)
         model.load_state_dict(ck["model"])
@@ -291,6 +293,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
         step = int(ck["step"])
         _set_rng_state(ck["rng"], device)
         history = ck["history"]
+        history.setdefault("reports", [])  # a checkpoint written before reports were kept in it
     fwd, compile_verdict = model, None
     if t.compile:
         x0, y0 = task.train_batch(step, t.batch_size)
@@ -312,7 +315,14 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
     info = {f"{INFO_PREFIX}{k}": v for k, v in info.items()}
     size = {METRIC_PARAMS: float(_unwrap(model).num_params()),
             METRIC_FLOPS: float(_unwrap(model).flops_per_token())}
-    emit({**size, **info}, step, None)
+    emit({**size, **info}, 0, None)
+    # A resumed trial first reports again what it reported up to its checkpoint: a driver that
+    # died after the checkpoint was written may not have logged the last of those reports (the
+    # checkpoint is written before its own step is reported, and a worker outlives its driver by
+    # up to a second). The driver keeps only the first report it gets for a step
+    # (gmlp_ablate.ledger), so the others cost only their sending.
+    for logged_step, logged in history["reports"]:
+        emit(logged, logged_step, None)
 
     model.train()
     window_losses: list = []
@@ -361,6 +371,7 @@ def train(cfg: TrialConfig, report: Optional[Report] = None, checkpoint_dir: Opt
             if step == t.steps:  # the end of training: the only place the test split is scored
                 history["test"] = evaluate(model, task, device, amp, eval_bs, SPLIT_TEST)
                 metrics.update(history["test"])
+            history["reports"].append([step, metrics])
             if checkpoint_dir and (is_eval or (t.checkpoint_every and step % t.checkpoint_every == 0)):
                 os.makedirs(checkpoint_dir, exist_ok=True)
                 checkpoint = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
@@ -446,7 +457,16 @@ def _main(argv: Optional[list]) -> int:
         return 2
     print(f"trial {trial_key(cfg)}: {json.dumps(semantic_dict(cfg)['model'])}", flush=True)
 
+    shown_through = [-1]  # resumed: the checkpoint's step, up to which the reports are not news
+
     def progress(metrics: Dict[str, Any], step: int, checkpoint: Optional[str]) -> None:
+        resumed = int(metrics.get(f"{INFO_PREFIX}{INFO_RESUMED_FROM_STEP}", 0))
+        if resumed:
+            shown_through[0] = resumed
+            print(f"step {resumed:>6}/{cfg.train.steps}  resumed from the checkpoint", flush=True)
+            return
+        if step <= shown_through[0]:
+            return
         shown = {k: v for k, v in metrics.items() if not k.startswith(INFO_PREFIX)}
         parts = [f"{k} {v:.4g}" for k, v in shown.items() if isinstance(v, float)]
         print(f"step {step:>6}/{cfg.train.steps}  " + "  ".join(parts), flush=True)

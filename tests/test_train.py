@@ -59,9 +59,58 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
         train(cfg, report=stop_after_first_eval, checkpoint_dir=str(tmp_path))
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"), cfg)["step"] == 10
     rest, f_rest = _curve(cfg, resume_from=str(tmp_path))
-    assert [s for s, _ in rest] == [10, 15, 20]
-    assert rest[1:] == [r for r in full if r[0] > 10]
+    # step 0's report again, the reports up to the checkpoint as they were first sent, then on
+    assert [s for s, _ in rest] == [0, 5, 10, 15, 20]
+    assert rest[1:] == full[1:]
     assert f_rest["val/loss"] == f_full["val/loss"] and f_rest["val/acc"] == f_full["val/acc"]
+
+
+def test_a_resumed_trial_fills_in_what_a_dead_driver_did_not_log(tmp_path):
+    """The driver died after the trial wrote its checkpoint but before it logged that step's
+    report (the checkpoint is written first, and a worker outlives its driver by up to a
+    second). The next driver's ledger logs exactly the steps the first one missed: each step
+    once, none missing."""
+    from gmlp_ablate.ledger import Ledger, pack_metrics
+
+    cfg = _cfg()
+    full = []
+    train(cfg, report=lambda m, step, ck: full.extend((step, k) for k in m if not k.startswith("info.")))
+
+    class Killed(Exception):
+        pass
+
+    def as_result(m, step):  # what run_trial sends through Tune
+        values = {k: v for k, v in m.items() if not k.startswith("info.")}
+        return {**pack_metrics(values), **{k: v for k, v in m.items() if k.startswith("info.")}, "step": step}
+
+    sent = []
+
+    def first_run(m, step, ck):
+        sent.append(as_result(m, step))
+        if ck:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, report=first_run, checkpoint_dir=str(tmp_path))
+    logged = []
+    first_driver = Ledger()
+    first_driver.add("k", "k", 20)
+    first_driver.start("k")
+    for result in sent[:-1]:  # the checkpoint's own report was on its way when the driver died
+        update = first_driver.result("k", result)
+        logged += [(update.step, k) for k in update.metrics]
+    n_first = len(logged)
+    next_driver = Ledger()
+    next_driver.add("k", "k", 20).last_step = max(step for step, _ in logged)  # the reopened run's last step
+    next_driver.start("k")
+
+    def resumed(m, step, ck):
+        update = next_driver.result("k", as_result(m, step))
+        logged.extend((update.step, k) for k in update.metrics)
+
+    train(cfg, report=resumed, resume_from=str(tmp_path))
+    assert (10, "val/loss") in logged[n_first:] and all(step < 10 for step, _ in logged[:n_first])
+    assert sorted(logged) == sorted(full), "each step's metrics logged once, none missing"
 
 
 def test_checkpoint_of_another_trial_is_refused(tmp_path):
@@ -137,7 +186,7 @@ def test_resumed_from_the_final_checkpoint_returns_its_scores(tmp_path):
     cfg = _cfg()
     _, first = _curve(cfg, checkpoint_dir=str(tmp_path))
     rows, again = _curve(cfg, resume_from=str(tmp_path))
-    assert [step for step, _ in rows] == [20]  # only the step-0 report: nothing trained again
+    assert [step for step, _ in rows] == [0, 5, 10, 15, 20]  # step 0's report and the checkpoint's: nothing trained
     for key in ("val/loss", "val/acc", "test/loss", "test/acc"):
         assert again[key] == first[key]
 
