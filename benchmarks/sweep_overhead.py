@@ -248,22 +248,14 @@ def trial_totals(uri: str, name: str, t0: float) -> Tuple[List[float], List[floa
     return totals, [r.info.end_time / 1000 - t - t0 for r, t in zip(runs, totals)]
 
 
-def store_template(env: Dict[str, str]) -> Path:
-    """The empty MLflow store a new sqlite store is copied from (``gmlp_ablate.tracking``)."""
-    from importlib.metadata import version
-
-    from gmlp_ablate.names import default_cache_dir
-    from gmlp_ablate.tracking import STORE_TEMPLATE
-
-    return Path(env.get("GMLP_ABLATE_CACHE") or default_cache_dir()) / STORE_TEMPLATE.format(version=version("mlflow"))
-
-
 def run_ours(work: Path, sweep_path: Path, name: str, cores: int, env: Dict[str, str],
              store: Optional[str] = None) -> Dict[str, Any]:
     """``python -m gmlp_ablate.run`` on the sweep, into ``store`` (a sqlite file name under
     ``work``; default: a new one named after the sweep)."""
     uri = f"sqlite:///{work / (store or name + '.db')}"
-    template_cached = store_template(env).is_file()
+    from gmlp_ablate.tracking import store_template_path
+
+    template_cached = store_template_path(env.get("GMLP_ABLATE_CACHE")).is_file()
     stats_path = work / f"{name}.ours.json"
     before = load()
     launched = time.time()

@@ -54,6 +54,16 @@ INFO_GPU_IDS = "gpu_ids"
 """Trial tag (an ``info.`` key of its first report): the GPU ids Ray assigned the trial."""
 
 
+def trial_result(metrics: Dict[str, Any], step: int, scheduled: Optional[str] = None) -> Dict[str, Any]:
+    """What a trial sends through Tune for one report of the trainer: its metrics packed in one
+    string (:func:`gmlp_ablate.ledger.pack_metrics`; ``scheduled`` also as a number), its
+    ``info.*`` tags as plain ``str`` (the driver unpickles the result, and a ``str`` subclass of
+    torch's, its version, would import torch there), and ``step``."""
+    tags = {k: str(v) for k, v in metrics.items() if k.startswith(INFO_PREFIX)}
+    values = {k: v for k, v in metrics.items() if not k.startswith(INFO_PREFIX)}
+    return {**pack_metrics(values, scheduled), **tags, RESULT_STEP: step}
+
+
 def run_trial(config: Dict[str, Any]) -> None:
     """Tune function trainable: one trial, resumed from the checkpoint in its key's folder.
 
@@ -80,10 +90,7 @@ def run_trial(config: Dict[str, Any]) -> None:
     scheduled = config["trial"].get("scheduled")  # the metric the stage's scheduler compares, if any
 
     def report(metrics: Dict[str, Any], step: int, checkpoint: Optional[str]) -> None:
-        tags = {k: str(v) for k, v in metrics.items() if k.startswith(INFO_PREFIX)}  # plain str: the driver
-        # unpickles the result, and a str subclass of torch's (its version) would import torch there
-        values = {k: v for k, v in metrics.items() if not k.startswith(INFO_PREFIX)}
-        tune.report({**pack_metrics(values, scheduled), **tags, **first, RESULT_STEP: step})
+        tune.report({**trial_result(metrics, step, scheduled), **first})
         first.clear()
 
     try:

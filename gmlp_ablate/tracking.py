@@ -201,6 +201,14 @@ STORE_TEMPLATE = "mlflow-{version}-empty.db"
 (:func:`gmlp_ablate.names.default_cache_dir`), one per MLflow version."""
 
 
+def store_template_path(cache_dir: Optional[str] = None) -> Path:
+    """Where the empty store of the installed MLflow is kept (``cache_dir``: as
+    :func:`gmlp_ablate.names.default_cache_dir` reads it)."""
+    import mlflow
+
+    return Path(default_cache_dir(cache_dir)) / STORE_TEMPLATE.format(version=mlflow.__version__)
+
+
 def _store_template() -> Optional[Path]:
     """The cached empty store of this MLflow version, made first if it is missing or not at
     the schema this MLflow opens (by MLflow itself: its own creation and schema migration of
@@ -208,15 +216,13 @@ def _store_template() -> Optional[Path]:
     opening, with its own artifact location). None where it cannot be made (an unwritable
     cache folder, an MLflow without the revision lookup used here): stores are then created
     by MLflow directly, as before."""
-    import mlflow
-
     try:
         from mlflow.store.db.utils import _get_latest_schema_revision  # what MLflow checks on opening
 
         head = _get_latest_schema_revision()
     except Exception:
         return None
-    path = Path(default_cache_dir()) / STORE_TEMPLATE.format(version=mlflow.__version__)
+    path = store_template_path()
     if _template_revision(path) == head:
         return path
     try:

@@ -70,7 +70,8 @@ def test_a_resumed_trial_fills_in_what_a_dead_driver_did_not_log(tmp_path):
     report (the checkpoint is written first, and a worker outlives its driver by up to a
     second). The next driver's ledger logs exactly the steps the first one missed: each step
     once, none missing."""
-    from gmlp_ablate.ledger import Ledger, pack_metrics
+    from gmlp_ablate.ledger import Ledger
+    from gmlp_ablate.run import trial_result
 
     cfg = _cfg()
     full = []
@@ -79,14 +80,10 @@ def test_a_resumed_trial_fills_in_what_a_dead_driver_did_not_log(tmp_path):
     class Killed(Exception):
         pass
 
-    def as_result(m, step):  # what run_trial sends through Tune
-        values = {k: v for k, v in m.items() if not k.startswith("info.")}
-        return {**pack_metrics(values), **{k: v for k, v in m.items() if k.startswith("info.")}, "step": step}
-
     sent = []
 
     def first_run(m, step, ck):
-        sent.append(as_result(m, step))
+        sent.append(trial_result(m, step))
         if ck:
             raise Killed
 
@@ -105,7 +102,7 @@ def test_a_resumed_trial_fills_in_what_a_dead_driver_did_not_log(tmp_path):
     next_driver.start("k")
 
     def resumed(m, step, ck):
-        update = next_driver.result("k", as_result(m, step))
+        update = next_driver.result("k", trial_result(m, step))
         logged.extend((update.step, k) for k in update.metrics)
 
     train(cfg, report=resumed, resume_from=str(tmp_path))
